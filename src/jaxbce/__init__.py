@@ -1,0 +1,12 @@
+"""jaxbce: numerically exact, fast binary cross-entropy losses for JAX.
+
+Every function is pure, jit-compiled, vmap-able and differentiable to any order in every array argument.
+"""
+
+from jaxbce._losses import binary_cross_entropy_with_logits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+]

@@ -1,0 +1,243 @@
+"""Argument checking, masking, weighting and reduction: the one path every jaxbce loss takes.
+
+A public loss names its arguments and their roles and hands an elementwise core to :func:`compute_loss`,
+which
+
+1. checks shapes, dtypes and options at trace time (``TypeError``/``ValueError`` naming the argument),
+2. casts every array to the compute dtype (float32, or float64 for float64 inputs) inside the computation,
+3. replaces masked-out elements by harmless values before the core sees them, so that NaN or inf padding
+   reaches neither the value nor any gradient,
+4. registers value checks that are no-ops unless the caller runs under ``jax.experimental.checkify``,
+5. applies the core, the weights and the mask, and reduces over ``axis`` in the compute dtype.
+"""
+
+import dataclasses
+import enum
+import math
+import operator
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
+FLOATING_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+
+
+class Role(enum.Enum):
+    """What an array argument is; decides its checks and the value it takes where it is masked out."""
+
+    LOGITS = "logits"  # real floating; any value
+    PROBABILITIES = "probabilities"  # real floating; values in [0, 1]
+    LABELS = "labels"  # floating, integer or bool; values in [0, 1]
+    NON_NEGATIVE = "non-negative"  # real floating or integer, broadcast to the first argument's shape; >= 0
+
+
+# Where an element is masked out the core sees these instead of the user's (possibly NaN) values.
+_MASKED_VALUE = {Role.LOGITS: 0.0, Role.PROBABILITIES: 0.5, Role.LABELS: 0.0, Role.NON_NEGATIVE: 1.0}
+_MASKED_WEIGHT = 0.0  # a masked weight is 0, so that it drops out of the "weighted_mean" denominator
+
+
+@dataclasses.dataclass(frozen=True)
+class Arg:
+    """One array argument of a loss. The first of a call sets the shape; the others must match it exactly,
+    except ``Role.NON_NEGATIVE`` ones, which only have to broadcast to it."""
+
+    name: str
+    value: jax.typing.ArrayLike | None
+    role: Role
+
+
+def _describe_dtype(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def _as_array(arg: Arg) -> jax.Array:
+    try:
+        return jnp.asarray(arg.value)
+    except TypeError as error:
+        raise TypeError(f"{arg.name} must be an array, got {type(arg.value).__name__}: {error}") from None
+
+
+def _check_dtype(arg: Arg, array: jax.Array) -> None:
+    dtype = np.dtype(array.dtype)
+    if arg.role in (Role.LOGITS, Role.PROBABILITIES):
+        ok, expected = dtype in FLOATING_DTYPES, "a real floating dtype (float16, bfloat16, float32 or float64)"
+    elif arg.role is Role.LABELS:
+        ok = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_
+        expected = "a floating, integer or bool dtype"
+    else:
+        ok = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        expected = "a real floating or integer dtype"
+    if not ok:
+        raise TypeError(f"{arg.name} must have {expected}, got {_describe_dtype(dtype)}")
+
+
+def _check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
+    try:
+        broadcast = np.broadcast_shapes(shape, target)
+    except ValueError:
+        broadcast = None
+    if broadcast != target:
+        raise ValueError(
+            f"{name} of shape {shape} does not broadcast to the shape {target} of {first_name} "
+            "(NumPy broadcasting rules; it may have fewer dimensions or size-1 dimensions, never more)"
+        )
+
+
+def normalize_axis(axis, ndim: int) -> tuple[int, ...]:
+    """``axis`` (None, an int or a tuple of ints) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple | list) else (axis,)
+    normalized = []
+    for a in axes:
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
+        a = operator.index(a)
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of bounds for an input of {ndim} dimensions")
+        normalized.append(a % ndim)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"axis {axis!r} repeats an axis")
+    return tuple(sorted(normalized))
+
+
+def check_reduction(reduction, axis) -> None:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        valid = ", ".join(repr(r) for r in REDUCTIONS)
+        raise ValueError(f"reduction must be one of {valid}; got {reduction!r}")
+    if reduction == "none" and axis is not None:
+        raise ValueError(f"axis={axis!r} has no effect with reduction='none'; leave it as None")
+
+
+def check_fraction(name: str, value, *, allow_none: bool = False) -> float | None:
+    """A static Python number in [0, 1] (label_smoothing, alpha)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"{name} must be a Python float in [0, 1], got {value!r}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float32 for 16- and 32-bit inputs, float64 for float64 inputs."""
+    return np.dtype(jnp.promote_types(dtype, jnp.float32))
+
+
+def _value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | None) -> None:
+    """Checks on values that only run under checkify (``debug_check`` is a no-op otherwise)."""
+    if role is Role.LABELS and array.dtype == np.bool_:
+        return
+    checks = [(~jnp.isnan(array), "must not be NaN")] if jnp.issubdtype(array.dtype, jnp.floating) else []
+    if role in (Role.LABELS, Role.PROBABILITIES):
+        checks.append((jnp.isnan(array) | ((array >= 0) & (array <= 1)), "must be in [0, 1]"))
+    elif role is Role.NON_NEGATIVE:
+        checks.append((jnp.isnan(array) | (array >= 0), "must be non-negative"))
+    for ok, requirement in checks:
+        if keep is not None:
+            ok = ok | ~jnp.broadcast_to(keep, ok.shape)
+        flat_index = jnp.argmin(ok.ravel())  # the first offending element
+        index = jnp.stack(jnp.unravel_index(flat_index, ok.shape)) if ok.ndim else flat_index
+        checkify.debug_check(
+            jnp.all(ok), f"{name} {requirement}; got {{}} at index {{}}", array.ravel()[flat_index], index
+        )
+
+
+def compute_loss(
+    elementwise: Callable[..., jax.Array],
+    args: Sequence[Arg],
+    *,
+    weight: jax.typing.ArrayLike | None,
+    where: jax.typing.ArrayLike | None,
+    axis,
+    reduction: str,
+) -> jax.Array:
+    """Checks ``args``, applies ``elementwise`` to them (None stays None), then weight, mask and reduction.
+
+    ``elementwise`` receives the arrays in the compute dtype, broadcast-compatible with the first, and
+    returns the per-element loss in the compute dtype.
+    """
+    first, *others = args
+    first_array = _as_array(first)
+    _check_dtype(first, first_array)
+    shape, out_dtype = first_array.shape, first_array.dtype
+    dtype = compute_dtype(out_dtype)
+    check_reduction(reduction, axis)
+    axes = normalize_axis(axis, len(shape))
+
+    arrays = [first_array]
+    for arg in others:
+        if arg.value is None:
+            arrays.append(None)
+            continue
+        array = _as_array(arg)
+        _check_dtype(arg, array)
+        if arg.role is Role.NON_NEGATIVE:
+            _check_broadcasts(arg.name, array.shape, shape, first.name)
+        elif array.shape != shape:
+            raise ValueError(
+                f"{arg.name} must have exactly the shape of {first.name}: got {arg.name} {array.shape} "
+                f"and {first.name} {shape} (no broadcasting, so that a (4, 1) with a (4,) is an error, "
+                "not a (4, 4) loss)"
+            )
+        arrays.append(array)
+
+    weight_arg = Arg("weight", weight, Role.NON_NEGATIVE)
+    weight_array = None
+    if weight is not None:
+        weight_array = _as_array(weight_arg)
+        _check_dtype(weight_arg, weight_array)
+        _check_broadcasts("weight", weight_array.shape, shape, first.name)
+
+    keep = None
+    if where is not None:
+        keep = jnp.asarray(where)
+        if keep.dtype != np.bool_:
+            raise TypeError(f"where must be a bool array, got dtype {_describe_dtype(keep.dtype)}")
+        _check_broadcasts("where", keep.shape, shape, first.name)
+
+    checked_args = [*args, weight_arg]
+    checked_arrays = [*arrays, weight_array]
+    for arg, array in zip(checked_args, checked_arrays, strict=True):
+        if array is not None:
+            _value_checks(arg.name, arg.role, array, keep)
+
+    def prepare(array: jax.Array | None, masked_value: float) -> jax.Array | None:
+        if array is None:
+            return None
+        array = array.astype(dtype)
+        if keep is None:
+            return array
+        return jnp.where(keep, array, jnp.asarray(masked_value, dtype))
+
+    prepared = [prepare(array, _MASKED_VALUE[arg.role]) for arg, array in zip(args, arrays, strict=True)]
+    loss = elementwise(*prepared)
+    if weight_array is not None:
+        weight_array = prepare(weight_array, _MASKED_WEIGHT)
+        # A zero weight removes its element even where the loss is infinite (0 * inf is taken as 0); a NaN
+        # loss still propagates.
+        loss = weight_array * jnp.where((weight_array == 0) & jnp.isinf(loss), 0, loss)
+    if keep is not None:
+        loss = jnp.where(keep, loss, 0)
+    return _reduce(loss, shape, axes, reduction, keep, weight_array).astype(out_dtype)
+
+
+def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss, axis=axes)
+    if reduction == "sum":
+        return total
+    if reduction == "weighted_mean" and weight is not None:
+        denominator = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes)
+    elif keep is None:
+        denominator = jnp.asarray(math.prod(shape[a] for a in axes), loss.dtype)
+    else:
+        denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=loss.dtype)
+    # A mean over nothing (no kept element, or zero total weight) is 0 with zero gradient, not 0/0.
+    return total / jnp.where(denominator == 0, 1, denominator)
