@@ -59,13 +59,78 @@ def bce_with_logits(x, y, *, pos_weight=1.0, label_smoothing=0.0):
 
 
 def eps_error(got, ref, scale=None, *, dtype) -> np.ndarray:
-    """|got - ref| / scale in units of the dtype's epsilon; 0 where the reference is below the smallest normal
-    number (XLA may flush subnormals to zero, and the contract does not count those errors)."""
+    """|got - ref| / scale in units of the dtype's epsilon (scale defaults to |ref|).
+
+    As the contract says, errors below the smallest normal number do not count (XLA may flush subnormals to
+    zero): an element counts where its scale and its absolute error are both at least the smallest normal."""
     info = np.finfo(dtype)
     ref = np.asarray(ref, np.float64)
     scale = np.abs(ref) if scale is None else np.asarray(scale, np.float64)
     got = np.asarray(got, np.float64)
-    counted = scale >= info.tiny
+    counted = (scale >= info.tiny) & ~(np.abs(got - ref) < info.tiny)
     with np.errstate(invalid="ignore", divide="ignore"):
         error = np.where(counted, np.abs(got - ref) / np.where(counted, scale, 1.0), 0.0) / info.eps
     return np.where(np.isnan(got) & counted, np.inf, error)
+
+
+def _elementwise(function, *arrays):
+    """Apply a scalar mpmath function returning a tuple, giving a tuple of float64 arrays of the input shape."""
+    shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+    flat = [np.broadcast_to(a, shape).ravel().tolist() for a in arrays]
+    rows = [function(*values) for values in zip(*flat, strict=True)]
+    return tuple(np.reshape(np.array([float(v) for v in column]), shape) for column in zip(*rows, strict=True))
+
+
+def bce_with_probabilities(p, y):
+    """PyTorch BCELoss value, its documented gradient (p - y) / max(p (1 - p), 1e-12), and the size
+    max(p, y) / max(p (1 - p), 1e-12) of the terms that gradient is the difference of."""
+
+    def one(p, y):
+        p, y = _mpf(p), _mpf(y)
+        log_p = max(mpmath.log(p), -100) if p > 0 else _mpf(-100)
+        log_not_p = max(mpmath.log1p(-p), -100) if p < 1 else _mpf(-100)
+        floor = max(p * (1 - p), _mpf("1e-12"))
+        return -(y * log_p + (1 - y) * log_not_p), (p - y) / floor, max(p, y) / floor
+
+    return _elementwise(one, p, y)
+
+
+def sigmoid_focal(x, y, *, alpha, gamma):
+    """Focal loss value, d/dlogits and the soft-label gradient scale, with 1 - p_t = y sigmoid(-x) +
+    (1 - y) sigmoid(x)."""
+
+    def one(x, y):
+        y = _mpf(y)
+        q = y * _sigmoid(-x) + (1 - y) * _sigmoid(x)
+        dq = (1 - 2 * y) * _sigmoid(x) * _sigmoid(-x)
+        ce = y * _softplus(-x) + (1 - y) * _softplus(x)
+        dce = _sigmoid(x) - y
+        alpha_t = 1 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+        factor = q**gamma
+        d_factor = gamma * q ** (gamma - 1) * dq if gamma else 0
+        # The gradient is a difference of terms; scale: the sum of their sizes (sigmoid(x) and y for dce).
+        scale = alpha_t * (abs(d_factor * ce) + factor * max(abs(dce), _sigmoid(x), y))
+        return alpha_t * factor * ce, alpha_t * (d_factor * ce + factor * dce), scale
+
+    return _elementwise(one, x, y)
+
+
+def binary_entropy(x):
+    """Entropy of Bernoulli(sigmoid(x)) in nats and its derivative -x sigmoid(x) sigmoid(-x)."""
+
+    def one(x):
+        p, not_p = _sigmoid(x), _sigmoid(-x)
+        return -p * mpmath.log(p) - not_p * mpmath.log(not_p), -_mpf(x) * p * not_p
+
+    return _elementwise(one, x)
+
+
+def binary_kl_divergence(x, t):
+    """KL(sigmoid(t) || sigmoid(x)), its d/dx = sigmoid(x) - sigmoid(t) and d/dt = -sigmoid'(t) (x - t)."""
+
+    def one(x, t):
+        q = _sigmoid(t)
+        kl = _softplus(x) - _softplus(t) - q * (_mpf(x) - _mpf(t))
+        return kl, _sigmoid(x) - q, -q * _sigmoid(-t) * (_mpf(x) - _mpf(t))
+
+    return _elementwise(one, x, t)

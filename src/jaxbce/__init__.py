@@ -3,10 +3,20 @@
 Every function is pure, jit-compiled, vmap-able and differentiable to any order in every array argument.
 """
 
-from jaxbce._losses import binary_cross_entropy_with_logits
+from jaxbce._losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    binary_entropy,
+    binary_kl_divergence,
+    sigmoid_focal_loss,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "binary_entropy",
+    "binary_kl_divergence",
+    "sigmoid_focal_loss",
 ]

@@ -244,3 +244,193 @@ def _bce_with_logits_jvp(label_smoothing, primals, tangents):
 
 bce_with_logits.defjvp(_bce_with_logits_jvp, symbolic_zeros=True)
 
+
+
+# PyTorch's BCELoss clamps each log at -100 and divides its gradient by max(p * (1 - p), 1e-12).
+_LOG_FLOOR = -100.0
+_PROBABILITY_GRADIENT_FLOOR = 1e-12
+
+
+def _clamped_logs(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # log(1 - p) for p >= 1/2, where 1 - p is exact (Sterbenz) and XLA's log is better than its log1p.
+    log_not_p = jnp.where(p >= 0.5, jnp.log(1 - p), jnp.log1p(-p))
+    return jnp.maximum(jnp.log(p), _LOG_FLOOR), jnp.maximum(log_not_p, _LOG_FLOOR)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def bce_with_probabilities(p: jax.Array, y: jax.Array, label_smoothing: float) -> jax.Array:
+    """-(y*max(log p, -100) + (1-y)*max(log(1-p), -100)): PyTorch ``BCELoss``, as a sum of same-sign terms."""
+    positive, negative = smoothed_labels(y, label_smoothing)
+    log_p, log_not_p = _clamped_logs(p)
+    return -(positive * log_p + negative * log_not_p)
+
+
+def _bce_with_probabilities_jvp(label_smoothing, primals, tangents):
+    p, y = primals
+    p_dot, y_dot = tangents
+    out = bce_with_probabilities(p, y, label_smoothing)
+
+    def d_probabilities():
+        # PyTorch's gradient, finite on all of [0, 1].
+        positive, negative = smoothed_labels(y, label_smoothing)
+        return (negative * p - positive * (1 - p)) / jnp.maximum(p * (1 - p), _PROBABILITY_GRADIENT_FLOOR)
+
+    def d_labels():
+        log_p, log_not_p = _clamped_logs(p)
+        return (log_not_p - log_p) * (1 - label_smoothing)
+
+    return out, _sum_tangents(out, ((d_probabilities, p_dot), (d_labels, y_dot)))
+
+
+bce_with_probabilities.defjvp(_bce_with_probabilities_jvp, symbolic_zeros=True)
+
+
+def _power(q: jax.Array, exponent: float) -> jax.Array:
+    """q ** exponent for q in [0, 1]: exact to rounding for multiples of 1/2 (repeated products and a square
+    root), ``exp(exponent * log q)`` otherwise (error about |exponent * log q| / 2 eps). q = 0 is replaced by
+    1 inside, so that derivatives of every order stay finite there; callers select the value at q = 0."""
+    whole, fraction = math.floor(exponent), exponent - math.floor(exponent)
+    safe = jnp.where(q == 0, 1, q)
+    power = jax.lax.integer_pow(safe, whole) if whole else jnp.ones_like(q)
+    if fraction == 0.5:
+        power = power * jnp.sqrt(safe)
+    elif fraction:
+        power = power * jnp.exp(fraction * jnp.log(safe))
+    return power
+
+
+def _focal_parts(x, positive, negative, gamma):
+    """(1 - p_t)**gamma and gamma * (1 - p_t)**(gamma - 1), with 1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)
+    a sum of non-negative terms, each exact in its tail."""
+    q = positive * sigmoid(-x) + negative * sigmoid(x)
+    factor = jnp.where(q == 0, 0.0 if gamma > 0 else 1.0, _power(q, gamma))
+    # At q = 0 the derivative factor only ever multiplies q' = 0 (an infinite logit or a subnormal q).
+    slope = jnp.where(q == 0, 0, gamma * _power(q, gamma - 1))
+    return factor, slope
+
+
+def _alpha_t(alpha, positive, negative):
+    return None if alpha is None else alpha * positive + (1 - alpha) * negative
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+    """alpha_t * (1 - p_t)**gamma * bce(x, y) (torchvision / RetinaNet, soft labels allowed)."""
+    ce = bce_with_logits(x, y, None, label_smoothing)
+    positive, negative = smoothed_labels(y, label_smoothing)
+    if gamma != 0:
+        ce = _zero_times(_focal_parts(x, positive, negative, gamma)[0], ce)
+    alpha_t = _alpha_t(alpha, positive, negative)
+    return ce if alpha_t is None else _zero_times(alpha_t, ce)
+
+
+def _sigmoid_focal_jvp(alpha, gamma, label_smoothing, primals, tangents):
+    x, y = primals
+    x_dot, y_dot = tangents
+    out = sigmoid_focal(x, y, alpha, gamma, label_smoothing)
+    positive, negative = smoothed_labels(y, label_smoothing)
+    ce = bce_with_logits(x, y, None, label_smoothing)
+    alpha_t = _alpha_t(alpha, positive, negative)
+    factor, slope = _focal_parts(x, positive, negative, gamma) if gamma else (jnp.ones_like(x), None)
+
+    def product_rule(d_q, d_ce):
+        # (factor * ce)' = slope * q' * ce + factor * ce', with 0 * inf = 0 on both sides: q' = 0 where ce is
+        # infinite (infinite logits), and factor = 0 where ce' is infinite.
+        d = _zero_times(factor, d_ce)
+        if gamma:
+            d = d + _zero_times(slope * d_q(), ce)
+        return _times(alpha_t, d)
+
+    def d_logits():
+        s = _sigmoid_nonpositive(_neg_abs(x))
+        d_ce = jnp.where(x > 0, 1, -1) * (_bce_coefficients(x, y, None, label_smoothing)[0] - s)
+        return product_rule(lambda: (negative - positive) * s * (1 - s), d_ce)  # q' = (1 - 2y) sig(x) sig(-x)
+
+    def d_labels():
+        # d/dy_s, then dy_s/dy = 1 - s: q' = sigmoid(-x) - sigmoid(x), ce' = -x, alpha_t' = 2 alpha - 1.
+        d = product_rule(lambda: sigmoid(-x) - sigmoid(x), -x)
+        if alpha is not None:
+            d = d + (2 * alpha - 1) * _zero_times(factor, ce)
+        return d * (1 - label_smoothing)
+
+    return out, _sum_tangents(out, ((d_logits, x_dot), (d_labels, y_dot)))
+
+
+sigmoid_focal.defjvp(_sigmoid_focal_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def binary_entropy(x: jax.Array) -> jax.Array:
+    """H(sigmoid(x)) = sigmoid(-|x|) * |x| + softplus(-|x|) in nats: two non-negative terms, symmetric in x."""
+    nx = _neg_abs(x)
+    return _abs_x_sigmoid(x) + _softplus_nonpositive(nx)
+
+
+def _abs_x_sigmoid(x: jax.Array) -> jax.Array:
+    # |x| * sigmoid(-|x|), rounded once (normal even where sigmoid(-|x|) alone is subnormal); 0 at |x| = inf.
+    nx = _neg_abs(x)
+    return jnp.where(jnp.isinf(x), 0, _sigmoid_nonpositive(nx, -nx))
+
+
+@binary_entropy.defjvp
+def _binary_entropy_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    # dH/dx = -x sigmoid(x) sigmoid(-x) = -sign(x) * |x| sigmoid(-|x|) * sigmoid(|x|)
+    s = _sigmoid_nonpositive(_neg_abs(x))
+    return binary_entropy(x), jnp.where(x > 0, -1, 1) * _abs_x_sigmoid(x) * (1 - s) * x_dot
+
+
+def _expm1_minus_identity(z: jax.Array) -> jax.Array:
+    """expm1(z) - z >= 0: Taylor series z**2 * sum z**n / (n + 2)! for |z| < 2, exp(z) - 1 - z beyond (where
+    it cancels by less than a factor 1.7)."""
+    degree = 12 if z.dtype == np.float32 else 22  # truncation below 0.05 eps on |z| < 2
+    series = jnp.asarray(1 / math.factorial(degree + 2), z.dtype)
+    for n in range(degree - 1, -1, -1):
+        series = series * z + 1 / math.factorial(n + 2)
+    return jnp.where(jnp.abs(z) < 2, z * z * series, jnp.exp(z) - 1 - z)
+
+
+# exp of arguments beyond this magnifies the rounding of d = x - t; there the direct form
+# sp(x) - sp(t) - sigmoid(t) * d cancels by less than a factor 2.5 (and never overflows).
+_KL_EXPONENT_LIMIT = 4.0
+
+
+@jax.custom_jvp
+def binary_kl_divergence(x: jax.Array, t: jax.Array) -> jax.Array:
+    """KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(x))) = sp(x) - sp(t) - sigmoid(t) * (x - t).
+
+    The divergence is unchanged by (x, t) -> (-x, -t); with t <= 0, r = sigmoid(t) <= 1/2 and d = x - t it is
+    log((1-r) e^(-r d) + r e^((1-r) d)) = log1p((1-r) E(-r d) + r E((1-r) d)) with E(z) = expm1(z) - z >= 0:
+    a log1p of non-negative terms, so KL >= 0 exactly and KL(x, x) = 0, with no cancellation as d -> 0.
+    """
+    flip = t > 0
+    x, t = jnp.where(flip, -x, x), jnp.where(flip, -t, t)
+    d = x - t
+    r = _sigmoid_nonpositive(t)
+    small, large = r * d, (1 - r) * d
+    near = jnp.log1p((1 - r) * _expm1_minus_identity(-small) + r * _expm1_minus_identity(large))
+    # x = +inf against a finite t (r > 0) is +inf; written out, as sp(x) - r * d would read inf - inf.
+    far = jnp.where(jnp.isposinf(x) & (r > 0), jnp.inf, softplus(x) - softplus(t) - _zero_times(r, d))
+    is_near = jnp.maximum(jnp.abs(small), jnp.abs(large)) <= _KL_EXPONENT_LIMIT
+    return jnp.where(x == t, 0, jnp.where(is_near, near, far))
+
+
+def _binary_kl_divergence_jvp(primals, tangents):
+    x, t = primals
+    x_dot, t_dot = tangents
+    out = binary_kl_divergence(x, t)
+
+    def d_logits():
+        # sigmoid(x) - sigmoid(t), written with expm1 of a non-positive argument (no cancellation as x -> t,
+        # no overflow as |x - t| grows); exactly 0 where x == t, infinite ones included.
+        above = -sigmoid(x) * sigmoid(-t) * jnp.expm1(t - x)
+        below = sigmoid(t) * sigmoid(-x) * jnp.expm1(x - t)
+        return jnp.where(x == t, 0, jnp.where(x > t, above, below))
+
+    def d_target_logits():
+        return -_zero_times(sigmoid(t) * sigmoid(-t), x - t)
+
+    return out, _sum_tangents(out, ((d_logits, x_dot), (d_target_logits, t_dot)))
+
+
+binary_kl_divergence.defjvp(_binary_kl_divergence_jvp, symbolic_zeros=True)

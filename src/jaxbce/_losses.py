@@ -23,10 +23,12 @@ import jax
 from jaxbce import _elementwise
 from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss
 
-_static = functools.partial(jax.jit, static_argnames=("label_smoothing", "axis", "reduction"))
+def _jit(*options: str):
+    """jax.jit with ``axis``, ``reduction`` and the loss's own Python-number options static."""
+    return functools.partial(jax.jit, static_argnames=(*options, "axis", "reduction"))
 
 
-@_static
+@_jit("label_smoothing")
 def binary_cross_entropy_with_logits(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -82,7 +84,7 @@ def binary_cross_entropy_with_logits(
       >>> logits = jnp.array([[2.0, -1.0], [0.5, 30.0]])
       >>> labels = jnp.array([[1, 0], [0, 1]])
       >>> jaxbce.binary_cross_entropy_with_logits(logits, labels, pos_weight=jnp.array([3.0, 1.0]))
-      Array(0.35283..., dtype=float32)
+      Array(0.41703066, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
     return compute_loss(
@@ -92,6 +94,219 @@ def binary_cross_entropy_with_logits(
             Arg("labels", labels, Role.LABELS),
             Arg("pos_weight", pos_weight, Role.NON_NEGATIVE),
         ],
+        weight=weight,
+        where=where,
+        axis=axis,
+        reduction=reduction,
+    )
+
+
+@_jit("label_smoothing")
+def binary_cross_entropy(
+    probs: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    weight: jax.typing.ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: jax.typing.ArrayLike | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Binary cross-entropy from probabilities, with PyTorch ``BCELoss`` semantics.
+
+    .. math::
+
+        \ell(p, y) = -w \cdot \bigl(y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100)\bigr)
+
+    Each log is clamped at -100 as PyTorch does, so ``p = 0`` with ``y = 1`` gives exactly 100 rather than
+    inf. The gradient in ``probs`` is PyTorch's ``(p - y) / max(p (1 - p), 1e-12)``, finite on all of [0, 1];
+    by design it is not the derivative of the clamped value where a clamp is active (PyTorch's choice, kept for
+    parity). ``log(1 - p)`` is taken as ``log1p(-p)`` below 1/2 and ``log(1 - p)`` (exact ``1 - p``) above.
+    Prefer :func:`binary_cross_entropy_with_logits` whenever you have logits: it is exact where ``p`` rounds
+    to 0 or 1.
+
+    Args:
+      probs: float16, bfloat16, float32 or float64 probabilities in [0, 1], of any shape ``S``.
+      labels: array of shape exactly ``S`` (floating, integer or bool) in [0, 1].
+      weight: optional non-negative weight broadcastable to ``S``.
+      label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2``.
+      where: optional bool mask broadcastable to ``S``; False elements contribute exactly 0 everywhere.
+      axis: axes to reduce (None: all).
+      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"`` (see the module docs).
+
+    Returns:
+      The loss in the dtype of ``probs``.
+
+    Raises:
+      TypeError, ValueError: as for :func:`binary_cross_entropy_with_logits`. Probabilities outside [0, 1]
+      give NaN; the checkify checks (:func:`jaxbce.checked`) report them with their index.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> jaxbce.binary_cross_entropy(jnp.array([0.9, 0.0, 0.2]), jnp.array([1.0, 1.0, 0.0]), reduction="none")
+      Array([  0.10536055, 100.        ,   0.22314355], dtype=float32)
+    """
+    label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    return compute_loss(
+        lambda p, y: _elementwise.bce_with_probabilities(p, y, label_smoothing),
+        [Arg("probs", probs, Role.PROBABILITIES), Arg("labels", labels, Role.LABELS)],
+        weight=weight,
+        where=where,
+        axis=axis,
+        reduction=reduction,
+    )
+
+
+@_jit("alpha", "gamma", "label_smoothing")
+def sigmoid_focal_loss(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    weight: jax.typing.ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: jax.typing.ArrayLike | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Sigmoid focal loss (Lin et al., RetinaNet), torchvision semantics, stable for every logit and gamma.
+
+    .. math::
+
+        \ell = w \cdot \alpha_t (1 - p_t)^\gamma \, \mathrm{bce}(x, y), \quad
+        p_t = p y + (1 - p)(1 - y), \quad \alpha_t = \alpha y + (1 - \alpha)(1 - y), \quad p = \sigma(x)
+
+    ``bce`` is :func:`binary_cross_entropy_with_logits`'s exact core. ``1 - p_t`` is handled in log space
+    (``log(y sigmoid(-x) + (1-y) sigmoid(x))`` as a logaddexp), so values, gradients and Hessians are finite for
+    every ``gamma >= 0`` at logits of +-1e3 and beyond, including ``gamma = 0`` (plain weighted BCE), where
+    ``(1 - p_t)**gamma`` under autodiff gives NaN. An integer ``gamma`` (the usual 2) is evaluated by repeated
+    products. Soft labels are allowed (``p_t`` as above, as in torchvision).
+
+    Args:
+      logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
+      labels: array of shape exactly ``S`` (floating, integer or bool) in [0, 1].
+      alpha: static weight of the positive class in [0, 1], or None to turn ``alpha_t`` off (torchvision's
+        ``alpha=-1``).
+      gamma: static focusing parameter ``>= 0``.
+      weight: optional non-negative weight broadcastable to ``S``.
+      label_smoothing: static float ``s`` in [0, 1], applied to the labels before ``p_t`` and ``alpha_t`` (Keras
+        ``BinaryFocalCrossentropy(apply_class_balancing=True)`` does the same).
+      where: optional bool mask broadcastable to ``S``.
+      axis: axes to reduce (None: all).
+      reduction: ``"none"``, ``"sum"``, ``"mean"`` (default; torchvision's default is ``"none"``) or
+        ``"weighted_mean"``.
+
+    Returns:
+      The loss in the dtype of ``logits``.
+
+    Raises:
+      TypeError, ValueError: as for :func:`binary_cross_entropy_with_logits`, and for ``alpha`` outside [0, 1]
+      or a negative ``gamma``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxbce
+      >>> jax.grad(jaxbce.sigmoid_focal_loss)(jnp.array([1000.0, -3.0]), jnp.array([0.0, 1.0]), gamma=0.0)
+      Array([ 0.375     , -0.11907177], dtype=float32)
+    """
+    alpha = check_fraction("alpha", alpha, allow_none=True)
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
+        raise ValueError(f"gamma must be a Python float >= 0, got {gamma!r}")
+    label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    return compute_loss(
+        lambda x, y: _elementwise.sigmoid_focal(x, y, alpha, float(gamma), label_smoothing),
+        [Arg("logits", logits, Role.LOGITS), Arg("labels", labels, Role.LABELS)],
+        weight=weight,
+        where=where,
+        axis=axis,
+        reduction=reduction,
+    )
+
+
+@_jit()
+def binary_entropy(
+    logits: jax.typing.ArrayLike,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Entropy of Bernoulli(sigmoid(x)) in nats, computed from logits.
+
+    .. math::
+
+        H(x) = -p \log p - (1 - p) \log(1 - p) = \sigma(-|x|)\,|x| + \mathrm{softplus}(-|x|), \quad p = \sigma(x)
+
+    Both terms are non-negative and no probability is formed, so ``H`` is exact to rounding for every logit
+    (``H(0) = log 2``, ``H(+-inf) = 0``), and so is its derivative ``-x sigmoid(x) sigmoid(-x)``. Useful as an
+    entropy bonus or to check that ``binary_cross_entropy_with_logits(x, sigmoid(t)) = H(t) + KL``.
+
+    Args:
+      logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
+      where: optional bool mask broadcastable to ``S``.
+      axis: axes to reduce (None: all).
+      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"`` (no weights here: the same as mean).
+
+    Returns:
+      The entropy in the dtype of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> jaxbce.binary_entropy(jnp.array([0.0, 5.0, -50.0]), reduction="none")
+      Array([6.9314718e-01, 4.0179603e-02, 9.8366250e-21], dtype=float32)
+    """
+    return compute_loss(
+        _elementwise.binary_entropy,
+        [Arg("logits", logits, Role.LOGITS)],
+        weight=None,
+        where=where,
+        axis=axis,
+        reduction=reduction,
+    )
+
+
+@_jit()
+def binary_kl_divergence(
+    logits: jax.typing.ArrayLike,
+    target_logits: jax.typing.ArrayLike,
+    *,
+    weight: jax.typing.ArrayLike | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(x))) in nats, from student logits x and teacher logits t.
+
+    .. math::
+
+        \mathrm{KL} = q \log\frac{q}{p} + (1-q) \log\frac{1-q}{1-p}
+                    = \mathrm{softplus}(x) - \mathrm{softplus}(t) - \sigma(t)(x - t), \quad q = \sigma(t)
+
+    It is evaluated as ``log1p`` of a sum of non-negative terms (see ``_elementwise.binary_kl_divergence``), so
+    it is ``>= 0`` exactly, exactly 0 where ``x == t``, and accurate as ``x -> t``, where the textbook form
+    cancels. ``binary_cross_entropy_with_logits(x, sigmoid(t)) = binary_entropy(t) + KL`` to rounding. The
+    gradient in ``logits`` is ``sigmoid(x) - sigmoid(t)`` and in ``target_logits`` is
+    ``-sigmoid'(t) (x - t)``; pass ``jax.lax.stop_gradient(t)`` for distillation from a fixed teacher.
+
+    Args:
+      logits: student logits, float16, bfloat16, float32 or float64, of any shape ``S``.
+      target_logits: teacher logits of shape exactly ``S`` (real floating).
+      weight: optional non-negative weight broadcastable to ``S``.
+      where: optional bool mask broadcastable to ``S``.
+      axis: axes to reduce (None: all).
+      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"``.
+
+    Returns:
+      The divergence in the dtype of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> jaxbce.binary_kl_divergence(jnp.array([2.0, 0.0]), jnp.array([2.0, 1e-3]), reduction="none")
+      Array([0.0000000e+00, 1.2499999e-07], dtype=float32)
+    """
+    return compute_loss(
+        _elementwise.binary_kl_divergence,
+        [Arg("logits", logits, Role.LOGITS), Arg("target_logits", target_logits, Role.LOGITS)],
         weight=weight,
         where=where,
         axis=axis,

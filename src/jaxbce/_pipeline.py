@@ -131,16 +131,20 @@ def compute_dtype(dtype) -> np.dtype:
 
 def _value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | None) -> None:
     """Checks on values that only run under checkify (``debug_check`` is a no-op otherwise)."""
-    if role is Role.LABELS and array.dtype == np.bool_:
+    if array.size == 0 or (role is Role.LABELS and array.dtype == np.bool_):
         return
     checks = [(~jnp.isnan(array), "must not be NaN")] if jnp.issubdtype(array.dtype, jnp.floating) else []
     if role in (Role.LABELS, Role.PROBABILITIES):
         checks.append((jnp.isnan(array) | ((array >= 0) & (array <= 1)), "must be in [0, 1]"))
     elif role is Role.NON_NEGATIVE:
         checks.append((jnp.isnan(array) | (array >= 0), "must be non-negative"))
+    # The mask excuses elements of arrays that have the full shape; a smaller array (a per-class pos_weight)
+    # is a parameter, checked whole.
+    if keep is not None and np.broadcast_shapes(keep.shape, array.shape) != array.shape:
+        keep = None
     for ok, requirement in checks:
         if keep is not None:
-            ok = ok | ~jnp.broadcast_to(keep, ok.shape)
+            ok = ok | ~keep
         flat_index = jnp.argmin(ok.ravel())  # the first offending element
         index = jnp.stack(jnp.unravel_index(flat_index, ok.shape)) if ok.ndim else flat_index
         checkify.debug_check(
