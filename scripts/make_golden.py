@@ -96,7 +96,9 @@ def main() -> None:
             )
             data[f"keras_focal_a{alpha}_g{gamma}_ls{smoothing}"] = keras.ops.convert_to_numpy(focal(keras_y, keras_x))
 
-    data["versions"] = np.array([f"torch {torch.__version__}, torchvision {torchvision.__version__}, keras {keras.__version__}"])
+    data["versions"] = np.array(
+        [f"torch {torch.__version__}, torchvision {torchvision.__version__}, keras {keras.__version__}"]
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez(OUT, **data)
     print(f"wrote {len(data)} arrays to {OUT} ({data['versions'][0]})")

@@ -29,8 +29,10 @@ def _reference(dtype, pos_weight, label_smoothing):
     logits = reference.logit_grid(dtype)
     grid_x = np.repeat(logits[None, :], len(LABELS), axis=0)
     grid_y = np.repeat(np.array(LABELS, dtype)[:, None], len(logits), axis=1)
-    return grid_x, grid_y, reference.bce_with_logits(
-        grid_x, grid_y, pos_weight=pos_weight, label_smoothing=label_smoothing
+    return (
+        grid_x,
+        grid_y,
+        reference.bce_with_logits(grid_x, grid_y, pos_weight=pos_weight, label_smoothing=label_smoothing),
     )
 
 

@@ -24,8 +24,12 @@ GOLDEN_TOLERANCE = {"rtol": 3e-6, "atol": 1e-6}
 
 class PeerParityTest(parameterized.TestCase):
     @parameterized.product(
-        variant=[("plain", {}), ("weight", {"weight": "w"}), ("pos_weight", {"pos_weight": "pw"}),
-                 ("both", {"weight": "w", "pos_weight": "pw"})],
+        variant=[
+            ("plain", {}),
+            ("weight", {"weight": "w"}),
+            ("pos_weight", {"pos_weight": "pw"}),
+            ("both", {"weight": "w", "pos_weight": "pw"}),
+        ],
         reduction=["none", "sum", "mean"],
     )
     def test_bce_with_logits_matches_torch(self, variant, reduction):
@@ -92,7 +96,9 @@ def _grad(function, *args, argnums=0):
 class AccuracyTest(parameterized.TestCase):
     """float32 against 50-digit mpmath; the bounds (eps) are the measured maxima rounded up."""
 
-    @parameterized.parameters((0.25, 0.0, 2.0, 2.0), (0.25, 0.5, 2.5, 2.5), (0.25, 2.0, 4.0, 4.0), (None, 3.0, 5.0, 5.0))
+    @parameterized.parameters(
+        (0.25, 0.0, 2.0, 2.0), (0.25, 0.5, 2.5, 2.5), (0.25, 2.0, 4.0, 4.0), (None, 3.0, 5.0, 5.0)
+    )
     def test_focal(self, alpha, gamma, loss_bound, grad_bound):
         # gamma = 3 amplifies the ~1.3 eps rounding of 1 - p_t threefold: 4.8 eps measured.
         for label in SOFT_AND_HARD:
@@ -339,4 +345,5 @@ class SharedContractTest(chex.TestCase):
         first, second = _inputs(name)
         first[0, 0] = np.nan
         out = _call(name, first, second, reduction="none")
-        assert np.isnan(out[0, 0]) and np.isfinite(np.asarray(out)[1:]).all()
+        assert np.isnan(out[0, 0])
+        assert np.isfinite(np.asarray(out)[1:]).all()

@@ -67,9 +67,7 @@ class ReductionTest(chex.TestCase):
     @parameterized.parameters("mean", "weighted_mean", "sum")
     def test_all_masked_is_zero_with_zero_gradient(self, reduction):
         nothing = np.zeros((5, 3), bool)
-        loss = self.variant(
-            lambda x, y, w: bce(x, y, weight=w, pos_weight=PW, where=nothing, reduction=reduction)
-        )
+        loss = self.variant(lambda x, y, w: bce(x, y, weight=w, pos_weight=PW, where=nothing, reduction=reduction))
         self.assertEqual(loss(X, Y, W), 0.0)
         grads = jax.grad(loss, argnums=(0, 1, 2))(X, Y, W)
         for grad in grads:
@@ -167,14 +165,24 @@ class DtypeTest(parameterized.TestCase):
 
 class ErrorTest(parameterized.TestCase):
     @parameterized.named_parameters(
-        ("labels_4_1_with_4", dict(logits=np.zeros((4, 1)), labels=np.zeros(4)), ValueError, r"\(4,\).*\(4, 1\)"),
+        (
+            "labels_4_1_with_4",
+            dict(logits=np.zeros((4, 1)), labels=np.zeros(4)),
+            ValueError,
+            r"\(4,\).*\(4, 1\)",
+        ),
         ("labels_bigger", dict(logits=np.zeros(4), labels=np.zeros((4, 4))), ValueError, "labels"),
         ("weight", dict(weight=np.ones(4)), ValueError, r"weight of shape \(4,\).*\(5, 3\)"),
         ("pos_weight", dict(pos_weight=np.ones(5)), ValueError, r"pos_weight of shape \(5,\)"),
         ("pos_weight_more_dims", dict(pos_weight=np.ones((2, 5, 3))), ValueError, "pos_weight"),
         ("where", dict(where=np.ones((3, 5), bool)), ValueError, r"where of shape \(3, 5\)"),
         ("where_dtype", dict(where=np.ones((5, 3))), TypeError, "where must be a bool"),
-        ("logits_int", dict(logits=np.zeros((5, 3), np.int32)), TypeError, "logits must have a real floating"),
+        (
+            "logits_int",
+            dict(logits=np.zeros((5, 3), np.int32)),
+            TypeError,
+            "logits must have a real floating",
+        ),
         ("logits_complex", dict(logits=np.zeros((5, 3), np.complex64)), TypeError, "logits"),
         ("labels_complex", dict(labels=np.zeros((5, 3), np.complex64)), TypeError, "labels must have"),
         ("weight_complex", dict(weight=np.zeros(3, np.complex64)), TypeError, "weight must have"),

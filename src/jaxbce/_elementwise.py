@@ -47,7 +47,10 @@ _LOGCOSH_COEFFICIENTS = {
 }
 # log(2) = hi + lo with hi the nearest value of the dtype (the float64 remainder is the classical constant).
 _LOG2_SPLIT = {
-    np.dtype(np.float32): (np.float32(0.6931472), np.float32(0.6931471805599453 - float(np.float32(0.6931472)))),
+    np.dtype(np.float32): (
+        np.float32(0.6931472),
+        np.float32(0.6931471805599453 - float(np.float32(0.6931472))),
+    ),
     np.dtype(np.float64): (np.float64(0.6931471805599453), np.float64(2.3190468138462996e-17)),
 }
 
@@ -57,7 +60,15 @@ _LOG2_SPLIT = {
 # and the integer type, mantissa width and exponent bias that build 2**k from bits.
 _EXP_REDUCTION = {
     np.dtype(np.float32): (0.693359375, -2.12194440e-4, -170.0, 7, np.int32, 23, 127),
-    np.dtype(np.float64): (6.93147180369123816490e-01, 1.90821492927058770002e-10, -1400.0, 13, np.int64, 52, 1023),
+    np.dtype(np.float64): (
+        6.93147180369123816490e-01,
+        1.90821492927058770002e-10,
+        -1400.0,
+        13,
+        np.int64,
+        52,
+        1023,
+    ),
 }
 
 
@@ -204,9 +215,7 @@ def _bce_coefficients(x, y, pos_weight, label_smoothing):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def bce_with_logits(
-    x: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
-) -> jax.Array:
+def bce_with_logits(x: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float) -> jax.Array:
     """pw*y*softplus(-x) + (1-y)*softplus(x) (labels smoothed by the static ``label_smoothing``) as a sum of
     non-negative terms (for y in [0, 1], pw >= 0)."""
     nx = _neg_abs(x)
@@ -229,10 +238,7 @@ def _bce_with_logits_jvp(label_smoothing, primals, tangents):
 
     def d_labels():
         # d/dy_s times dy_s/dy = 1 - s; without pos_weight d/dy_s = softplus(-x) - softplus(x) = -x exactly.
-        if pos_weight is None:
-            d = -x
-        else:
-            d = _zero_times(pos_weight, softplus(-x)) - softplus(x)
+        d = -x if pos_weight is None else _zero_times(pos_weight, softplus(-x)) - softplus(x)
         return d if label_smoothing == 0 else d * (1 - label_smoothing)
 
     def d_pos_weight():
@@ -243,7 +249,6 @@ def _bce_with_logits_jvp(label_smoothing, primals, tangents):
 
 
 bce_with_logits.defjvp(_bce_with_logits_jvp, symbolic_zeros=True)
-
 
 
 # PyTorch's BCELoss clamps each log at -100 and divides its gradient by max(p * (1 - p), 1e-12).

@@ -23,6 +23,7 @@ import jax
 from jaxbce import _elementwise
 from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss
 
+
 def _jit(*options: str):
     """jax.jit with ``axis``, ``reduction`` and the loss's own Python-number options static."""
     return functools.partial(jax.jit, static_argnames=(*options, "axis", "reduction"))

@@ -64,7 +64,10 @@ def _as_array(arg: Arg) -> jax.Array:
 def _check_dtype(arg: Arg, array: jax.Array) -> None:
     dtype = np.dtype(array.dtype)
     if arg.role in (Role.LOGITS, Role.PROBABILITIES):
-        ok, expected = dtype in FLOATING_DTYPES, "a real floating dtype (float16, bfloat16, float32 or float64)"
+        ok, expected = (
+            dtype in FLOATING_DTYPES,
+            "a real floating dtype (float16, bfloat16, float32 or float64)",
+        )
     elif arg.role is Role.LABELS:
         ok = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_
         expected = "a floating, integer or bool dtype"

@@ -1,0 +1,290 @@
+"""Accuracy of jaxbce and its peers in float32, in eps, against a 50-digit mpmath reference.
+
+    python bench/accuracy.py            # or: make bench-accuracy
+
+For each function, every implementation that is installed (jaxbce, optax, the textbook formula, Keras on the
+JAX backend, PyTorch, torchvision) is evaluated on the same float32 inputs: logits over [-1e4, 1e4] (dense
+near 0 and through both tails) and the labels {0, 1, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3}. Reported:
+the largest error of the loss (relative), of the logits gradient for hard labels (relative) and for soft labels
+(relative to max(|grad|, sigmoid(x), |y|), as the contract measures it), and the number of non-finite results
+where the reference is finite. Errors below the smallest normal number are not counted. Prints a table and
+writes bench/results/accuracy.json.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxbce  # noqa: E402
+import reference  # noqa: E402
+
+LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
+F32 = np.float32
+
+
+def _optional(module):
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
+
+
+optax = _optional("optax")
+torch = _optional("torch")
+keras = _optional("keras")
+torchvision = _optional("torchvision") if torch is not None else None
+
+
+def jax_value_and_grad(fn):
+    """Elementwise loss and d/dlogits of a JAX function fn(x, y) -> elementwise loss."""
+
+    def run(x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        return np.asarray(fn(x, y)), np.asarray(jax.grad(lambda v: jnp.sum(fn(v, y)))(x))
+
+    return run
+
+
+def torch_value_and_grad(fn):
+    def run(x, y):
+        xt = torch.tensor(x, requires_grad=True)
+        loss = fn(xt, torch.tensor(y))
+        loss.sum().backward()
+        return loss.detach().numpy(), xt.grad.numpy()
+
+    return run
+
+
+def textbook(x, y):
+    return jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def bce_implementations(pos_weight, label_smoothing):
+    plain = pos_weight == 1.0 and label_smoothing == 0.0
+    pw = jnp.asarray(pos_weight, F32)
+    impls = {
+        "jaxbce": jax_value_and_grad(
+            lambda x, y: jaxbce.binary_cross_entropy_with_logits(
+                x, y, pos_weight=None if plain else pw, label_smoothing=label_smoothing, reduction="none"
+            )
+        )
+    }
+    if plain:
+        impls["textbook"] = jax_value_and_grad(textbook)
+        if optax is not None:
+            impls["optax"] = jax_value_and_grad(optax.sigmoid_binary_cross_entropy)
+    if label_smoothing == 0.0 and torch is not None:
+        impls["torch"] = torch_value_and_grad(
+            lambda x, y: torch.nn.functional.binary_cross_entropy_with_logits(
+                x, y, pos_weight=torch.tensor(pos_weight, dtype=torch.float32), reduction="none"
+            )
+        )
+    if pos_weight == 1.0 and keras is not None and keras.backend.backend() == "jax":
+        impls["keras"] = jax_value_and_grad(
+            lambda x, y: keras.losses.binary_crossentropy(
+                y[:, None], x[:, None], from_logits=True, label_smoothing=label_smoothing
+            )
+        )
+    return impls
+
+
+def measure(impls, x, y, ref_loss, ref_grad, ref_scale, hard):
+    """{name: {"loss", "grad", "nonfinite"}} for each implementation on one set of inputs."""
+    rows = {}
+    for name, run in impls.items():
+        loss, grad = run(x, y)
+        rows[name] = {
+            "loss": float(reference.eps_error(loss, ref_loss, dtype=F32).max()),
+            "grad": float(reference.eps_error(grad, ref_grad, None if hard else ref_scale, dtype=F32).max()),
+            "nonfinite": int((~np.isfinite(loss) & np.isfinite(ref_loss)).sum() + (~np.isfinite(grad)).sum()),
+        }
+    return rows
+
+
+def accumulate(table, rows, grad_key="grad"):
+    """Merge one measurement into a table: the worst error and the total count of non-finite results."""
+    for name, row in rows.items():
+        entry = table.setdefault(name, {"loss": 0.0, grad_key: 0.0, "nonfinite": 0})
+        entry["loss"] = max(entry["loss"], row["loss"])
+        entry[grad_key] = max(entry.get(grad_key, 0.0), row["grad"])
+        entry["nonfinite"] += row["nonfinite"]
+
+
+def bce_with_logits_table():
+    x = reference.logit_grid(F32)
+    results = {}
+    for pos_weight, label_smoothing in ((1.0, 0.0), (3.0, 0.0), (1.0, 0.1)):
+        table: dict[str, dict[str, float]] = {}
+        for label in LABELS:
+            y = np.full_like(x, label)
+            ref = reference.bce_with_logits(x, y, pos_weight=pos_weight, label_smoothing=label_smoothing)
+            hard = label in (0.0, 1.0) and label_smoothing == 0.0
+            rows = measure(bce_implementations(pos_weight, label_smoothing), x, y, *ref, hard)
+            accumulate(table, rows, "grad_hard" if hard else "grad_soft")
+        results[f"pos_weight={pos_weight}, label_smoothing={label_smoothing}"] = table
+    return {"points": int(len(x) * len(LABELS)), "settings": results}
+
+
+def focal_table(alpha=0.25, gamma=2.0):
+    x = reference.logit_grid(F32, dense=801, log_points=600, tail=601)
+    impls = {
+        "jaxbce": jax_value_and_grad(
+            lambda x, y: jaxbce.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="none")
+        )
+    }
+    if optax is not None:
+        impls["optax"] = jax_value_and_grad(lambda x, y: optax.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma))
+    if torchvision is not None:
+        impls["torchvision"] = torch_value_and_grad(
+            lambda x, y: torchvision.ops.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma)
+        )
+    if keras is not None and keras.backend.backend() == "jax":
+        impls["keras"] = jax_value_and_grad(
+            lambda x, y: keras.losses.binary_focal_crossentropy(
+                y[:, None], x[:, None], apply_class_balancing=True, alpha=alpha, gamma=gamma, from_logits=True
+            )
+        )
+    table: dict[str, dict[str, float]] = {}
+    for label in (0.0, 1.0, 0.05, 0.3, 0.7):
+        y = np.full_like(x, label)
+        ref_loss, ref_grad, scale = reference.sigmoid_focal(x, y, alpha=alpha, gamma=gamma)
+        accumulate(table, measure(impls, x, y, ref_loss, ref_grad, scale, label in (0.0, 1.0)))
+    return {"alpha": alpha, "gamma": gamma, "implementations": table}
+
+
+def entropy_and_kl_table():
+    x = reference.logit_grid(F32, dense=801, log_points=600, tail=601)
+    ref_h, ref_dh = reference.binary_entropy(x)
+
+    def naive_entropy(x, y):
+        p = jax.nn.sigmoid(x)
+        return -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
+
+    def log_sigmoid_entropy(x, y):
+        p = jax.nn.sigmoid(x)
+        return -(p * jax.nn.log_sigmoid(x) + (1 - p) * jax.nn.log_sigmoid(-x))
+
+    entropy = measure(
+        {
+            "jaxbce": jax_value_and_grad(lambda x, y: jaxbce.binary_entropy(x, reduction="none")),
+            "naive -p log p": jax_value_and_grad(naive_entropy),
+            "log_sigmoid form": jax_value_and_grad(log_sigmoid_entropy),
+        },
+        x,
+        x,
+        ref_h,
+        ref_dh,
+        None,
+        True,
+    )
+    targets = np.array([-30, -5, -1, -0.1, 0, 0.3, 2, 20], F32)
+    offsets = np.concatenate([-np.geomspace(1e-6, 1e3, 200), np.geomspace(1e-6, 1e3, 200)])
+    xs = (targets[:, None] + offsets[None, :]).astype(F32).ravel()
+    ts = np.repeat(targets, len(offsets))
+    ref_kl, ref_dx, _ = reference.binary_kl_divergence(xs, ts)
+
+    def textbook_kl(x, t):
+        return jax.nn.softplus(x) - jax.nn.softplus(t) - jax.nn.sigmoid(t) * (x - t)
+
+    def log_sigmoid_kl(x, t):
+        q = jax.nn.sigmoid(t)
+        return q * (jax.nn.log_sigmoid(t) - jax.nn.log_sigmoid(x)) + (1 - q) * (
+            jax.nn.log_sigmoid(-t) - jax.nn.log_sigmoid(-x)
+        )
+
+    kl = measure(
+        {
+            "jaxbce": jax_value_and_grad(lambda x, t: jaxbce.binary_kl_divergence(x, t, reduction="none")),
+            "textbook softplus form": jax_value_and_grad(textbook_kl),
+            "log_sigmoid form": jax_value_and_grad(log_sigmoid_kl),
+        },
+        xs,
+        ts,
+        ref_kl,
+        ref_dx,
+        None,
+        True,
+    )
+    return {"binary_entropy": entropy, "binary_kl_divergence": kl}
+
+
+def probability_bce_table():
+    p = np.concatenate(
+        [np.linspace(0, 1, 2001), np.geomspace(1e-30, 0.5, 400), 1 - np.geomspace(1e-7, 0.5, 400)]
+    ).astype(F32)
+
+    def jaxbce_fn(p, y):
+        return jaxbce.binary_cross_entropy(p, y, reduction="none")
+
+    impls = {"jaxbce": jax_value_and_grad(jaxbce_fn)}
+    if torch is not None:
+        impls["torch"] = torch_value_and_grad(
+            lambda p, y: torch.nn.functional.binary_cross_entropy(p, y, reduction="none")
+        )
+    table: dict[str, dict[str, float]] = {}
+    for label in (0.0, 1.0, 0.3):
+        y = np.full_like(p, label)
+        ref_loss, ref_grad, scale = reference.bce_with_probabilities(p, y)
+        accumulate(table, measure(impls, p, y, ref_loss, ref_grad, scale, False))
+    return table
+
+
+def main():
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "backend": jax.default_backend(),
+        "versions": {
+            "jax": jax.__version__,
+            **{m.__name__: m.__version__ for m in (optax, torch, keras, torchvision) if m is not None},
+        },
+        "binary_cross_entropy_with_logits": bce_with_logits_table(),
+        "sigmoid_focal_loss": focal_table(),
+        "binary_cross_entropy": probability_bce_table(),
+        **entropy_and_kl_table(),
+    }
+    out = ROOT / "bench" / "results" / "accuracy.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def _fmt(value):
+    return f"{value:>12.3g}" if np.isfinite(value) else f"{'inf':>12}"
+
+
+def print_tables(results):
+    print(f"float32 accuracy in eps against mpmath (50 digits), {results['date']}, {results['versions']}")
+    for setting, table in results["binary_cross_entropy_with_logits"]["settings"].items():
+        print(f"\nbinary_cross_entropy_with_logits, {setting}")
+        print(f"{'':<26}{'loss':>12}{'grad hard':>12}{'grad soft':>12}{'non-finite':>12}")
+        for name, row in table.items():
+            cells = "".join(_fmt(row[k]) for k in ("loss", "grad_hard", "grad_soft"))
+            print(f"{name:<26}{cells}{row['nonfinite']:>12}")
+    sections = (
+        ("sigmoid_focal_loss (alpha=0.25, gamma=2)", results["sigmoid_focal_loss"]["implementations"]),
+        ("binary_cross_entropy (probabilities)", results["binary_cross_entropy"]),
+        ("binary_entropy", results["binary_entropy"]),
+        ("binary_kl_divergence", results["binary_kl_divergence"]),
+    )
+    for title, table in sections:
+        print(f"\n{title}")
+        print(f"{'':<26}{'loss':>12}{'grad':>12}{'non-finite':>12}")
+        for name, row in table.items():
+            print(f"{name:<26}{_fmt(row['loss'])}{_fmt(row['grad'])}{row['nonfinite']:>12}")
+
+
+if __name__ == "__main__":
+    main()
