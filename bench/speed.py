@@ -1,0 +1,231 @@
+"""Speed of jaxbce against its peers and against the memory floor, side by side in one process.
+
+    python bench/speed.py [--max-log2 24] [--quick]     # or: make bench-speed
+
+For N = 2**10 ... 2**max_log2 elements and three input cases (float32 logits with float32 labels, with bool
+labels, and bfloat16 logits with bool labels), on the same arrays:
+
+* forward: the mean loss; value_and_grad: ``jax.jit(jax.value_and_grad(mean loss))`` (for torch: forward and
+  ``backward()``), for jaxbce, optax (+ mean), the textbook formula, Keras (JAX backend) and torch when installed;
+* floor kernels that read the same inputs and write the same outputs with no transcendental work: forward
+  ``sum(x * y)``, value_and_grad ``(sum(x * y), x - y)``.
+
+Each time is the median of repeated runs after warm-up; below 64 MiB of inputs several input sets are rotated so
+that the caches do not hold them. Writes ``bench/results/speed-<backend>.json`` and ``.png`` (ns per element
+against N, log-log) and prints ratios against the floor and against each peer at the largest N.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxbce
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CASES = {
+    "float32 + float32 labels": (jnp.float32, jnp.float32),
+    "float32 + bool labels": (jnp.float32, jnp.bool_),
+    "bfloat16 + bool labels": (jnp.bfloat16, jnp.bool_),
+}
+
+
+def _optional(module):
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
+
+
+optax, torch, keras = _optional("optax"), _optional("torch"), _optional("keras")
+if keras is not None and keras.backend.backend() != "jax":
+    keras = None
+
+
+def textbook(x, y):
+    x = x.astype(jnp.float32)
+    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def jax_losses():
+    """name -> mean loss of (logits, labels), as a JAX function."""
+    losses = {
+        "jaxbce": lambda x, y: jaxbce.binary_cross_entropy_with_logits(x, y),
+        "textbook": textbook,
+        "floor": lambda x, y: jnp.sum(x * y.astype(x.dtype)),
+    }
+    if optax is not None:
+        losses["optax"] = lambda x, y: jnp.mean(optax.sigmoid_binary_cross_entropy(x, y.astype(x.dtype)))
+    if keras is not None:
+        losses["keras"] = lambda x, y: jnp.mean(
+            keras.losses.binary_crossentropy(y.astype(x.dtype)[:, None], x[:, None], from_logits=True)
+        )
+    return losses
+
+
+def floor_value_and_grad(x, y):
+    return jnp.sum(x * y.astype(x.dtype)), x - y.astype(x.dtype)
+
+
+def _median_ns(run, inputs, n):
+    run(*inputs[0])  # compile
+    for args in inputs[:2]:
+        jax.block_until_ready(run(*args))
+    times, budget, start = [], 0.25, time.perf_counter()
+    while len(times) < 7 or (time.perf_counter() - start < budget and len(times) < 200):
+        args = inputs[len(times) % len(inputs)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / n * 1e9
+
+
+def _inputs(n, logits_dtype, labels_dtype, sets):
+    rng = np.random.default_rng(n)
+    out = []
+    for _ in range(sets):
+        x = rng.normal(scale=4.0, size=n).astype(np.float32)
+        y = rng.uniform(size=n) > 0.5
+        out.append((jnp.asarray(x, logits_dtype), jnp.asarray(y, labels_dtype)))
+    return out
+
+
+def _torch_runs(inputs):
+    """torch forward and forward + backward on copies of the float32 inputs (torch takes float labels only)."""
+    torch_inputs = [
+        (torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.float32))) for x, y in inputs
+    ]
+
+    def forward(x, y):
+        with torch.no_grad():
+            return torch.nn.functional.binary_cross_entropy_with_logits(x, y)
+
+    def value_and_grad(x, y):
+        x = x.detach().requires_grad_()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y)
+        loss.backward()
+        return loss, x.grad
+
+    return (lambda x, y: forward(x, y).item()), (lambda x, y: value_and_grad(x, y)[1].sum().item()), torch_inputs
+
+
+def measure(max_log2, quick):
+    results = {}
+    sizes = [2**k for k in range(10, max_log2 + 1, 2 if quick else 1)]
+    for case, (logits_dtype, labels_dtype) in CASES.items():
+        rows = results.setdefault(case, {})
+        for n in sizes:
+            bytes_per_set = n * (jnp.dtype(logits_dtype).itemsize + jnp.dtype(labels_dtype).itemsize)
+            sets = int(max(1, min(8, (64 << 20) // bytes_per_set)))
+            inputs = _inputs(n, logits_dtype, labels_dtype, sets)
+            row = {}
+            for name, loss in jax_losses().items():
+                row[f"{name} forward"] = _median_ns(jax.jit(loss), inputs, n)
+                value_and_grad = floor_value_and_grad if name == "floor" else jax.value_and_grad(loss)
+                row[f"{name} value_and_grad"] = _median_ns(jax.jit(value_and_grad), inputs, n)
+            if torch is not None and labels_dtype == jnp.float32 and logits_dtype == jnp.float32:
+                forward, value_and_grad, torch_inputs = _torch_runs(inputs)
+                row["torch forward"] = _median_ns(forward, torch_inputs, n)
+                row["torch value_and_grad"] = _median_ns(value_and_grad, torch_inputs, n)
+            rows[str(n)] = row
+            print(f"{case:<26} N=2^{int(np.log2(n)):<3}" + "".join(f" {k}={v:.3g}" for k, v in row.items()))
+    return results
+
+
+def compiled_evidence(n=1 << 20):
+    """The optimized HLO of jaxbce's value_and_grad: its fusions and memory, as the compiler reports them."""
+    x, y = jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.bool_)
+    compiled = jax.jit(jax.value_and_grad(jaxbce.binary_cross_entropy_with_logits)).lower(x, y).compile()
+    text = compiled.as_text()
+    entry = text[text.index("ENTRY") :]
+    fusions = [line.split("=")[0].split()[-1].removeprefix("%") for line in entry.splitlines() if " fusion(" in line]
+    memory = compiled.memory_analysis()
+    return {
+        "n": n,
+        "labels": "bool",
+        "fusions": fusions,
+        "argument_bytes": memory.argument_size_in_bytes,
+        "output_bytes": memory.output_size_in_bytes,
+        "temp_bytes": memory.temp_size_in_bytes,
+    }
+
+
+def ratios(results):
+    """At the largest N of each case: jaxbce against the floor and each peer (peer time / jaxbce time)."""
+    out = {}
+    for case, rows in results.items():
+        n = max(rows, key=int)
+        row = rows[n]
+        entry = {"n": int(n)}
+        for mode in ("forward", "value_and_grad"):
+            ours = row[f"jaxbce {mode}"]
+            entry[f"{mode}: jaxbce / floor"] = ours / row[f"floor {mode}"]
+            for peer in ("optax", "textbook", "keras", "torch"):
+                if f"{peer} {mode}" in row:
+                    entry[f"{mode}: {peer} / jaxbce"] = row[f"{peer} {mode}"] / ours
+        out[case] = entry
+    return out
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    rows = results["float32 + float32 labels"]
+    sizes = sorted(rows, key=int)
+    for ax, mode in zip(axes, ("forward", "value_and_grad"), strict=True):
+        for name in ("jaxbce", "optax", "textbook", "keras", "torch", "floor"):
+            key = f"{name} {mode}"
+            if key in rows[sizes[0]]:
+                style = {"color": "k", "linestyle": "--"} if name == "floor" else {"marker": "o", "markersize": 3}
+                ax.plot([int(n) for n in sizes], [rows[n][key] for n in sizes], label=name, **style)
+        ax.set(xscale="log", yscale="log", xlabel="N (elements)", title=f"{mode}, float32 logits and labels")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ns per element (median)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-log2", type=int, default=24)
+    parser.add_argument("--quick", action="store_true", help="every other size")
+    args = parser.parse_args()
+    backend = jax.default_backend()
+    results = measure(args.max_log2, args.quick)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "backend": backend,
+        "device": str(jax.devices()[0].device_kind),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": {"jax": jax.__version__, **{m.__name__: m.__version__ for m in (optax, torch, keras) if m}},
+        "ns_per_element": results,
+        "ratios_at_largest_n": ratios(results),
+        "compiled_value_and_grad": compiled_evidence(),
+    }
+    out = ROOT / "bench" / "results" / f"speed-{backend}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
+    print("\nratios at the largest N (floor: jaxbce time / floor time; peers: peer time / jaxbce time)")
+    for case, entry in report["ratios_at_largest_n"].items():
+        print(f"  {case} (N={entry['n']}): " + ", ".join(f"{k} {v:.2f}" for k, v in entry.items() if k != "n"))
+    print("compiled value_and_grad:", report["compiled_value_and_grad"])
+    print(f"wrote {out.relative_to(ROOT)} and {out.with_suffix('.png').relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
