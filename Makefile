@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint format bench bench-accuracy bench-speed clean
+.PHONY: demo test test-gpu lint format bench bench-accuracy bench-speed clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n auto
+
+# The same suite on an NVIDIA GPU: CUDA jaxlib in its own venv (the CPU venv stays light for CI).
+test-gpu:
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/python -m pip install --quiet --upgrade pip
+	.venv-gpu/bin/python -m pip install --quiet -e ".[test,demo,notebooks,bench]" "jax[cuda13]"
+	JAX_PLATFORMS=cuda,cpu .venv-gpu/bin/python -m pytest -p no:cacheprovider -q | tee tests/gpu-run.log
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -148,11 +148,26 @@ def _value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | Non
     for ok, requirement in checks:
         if keep is not None:
             ok = ok | ~keep
-        flat_index = jnp.argmin(ok.ravel())  # the first offending element
-        index = jnp.stack(jnp.unravel_index(flat_index, ok.shape)) if ok.ndim else flat_index
-        checkify.debug_check(
-            jnp.all(ok), f"{name} {requirement}; got {{}} at index {{}}", array.ravel()[flat_index], index
-        )
+        value, index = _first_offender(array, ok)
+        checkify.debug_check(jnp.all(ok), f"{name} {requirement}; got {{}} at index {{}}", value, index)
+
+
+def _first_offender(array: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The value and the index of the first element (row-major) where ``ok`` is False.
+
+    Reductions over a broadcast linear index, with no reshape or dynamic indexing, so that it traces for arrays
+    sharded over any mesh (explicit sharding rejects a dynamic slice of a sharded dimension).
+    """
+    ok = jnp.broadcast_to(ok, array.shape)
+    strides = np.cumprod((1, *array.shape[:0:-1]))[::-1]
+    linear = sum(
+        (jax.lax.broadcasted_iota(jnp.int32, array.shape, d) * int(s) for d, s in enumerate(strides)),
+        start=jnp.zeros(array.shape, jnp.int32),
+    )
+    first = jnp.min(jnp.where(ok, array.size, linear))
+    value = jnp.sum(jnp.where(linear == first, array, jnp.zeros((), array.dtype)))
+    index = jnp.stack(jnp.unravel_index(first, array.shape)) if array.ndim else first
+    return value, index
 
 
 def compute_loss(
