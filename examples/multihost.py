@@ -56,10 +56,10 @@ def main() -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
-    import jaxbce  # after initialize: nothing may touch the backend before it
-
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
+
+    import jaxbce  # after initialize: nothing may touch the backend before it
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     rows = NamedSharding(mesh, P("data"))
