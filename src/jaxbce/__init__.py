@@ -10,6 +10,7 @@ from jaxbce._losses import (
     binary_kl_divergence,
     sigmoid_focal_loss,
 )
+from jaxbce._pipeline import checked
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,6 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "binary_entropy",
     "binary_kl_divergence",
+    "checked",
     "sigmoid_focal_loss",
 ]

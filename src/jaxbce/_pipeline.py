@@ -13,15 +13,18 @@ which
 
 import dataclasses
 import enum
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+T = TypeVar("T")
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 FLOATING_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 
@@ -159,7 +162,7 @@ def _first_offender(array: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Arr
     sharded over any mesh (explicit sharding rejects a dynamic slice of a sharded dimension).
     """
     ok = jnp.broadcast_to(ok, array.shape)
-    strides = np.cumprod((1, *array.shape[:0:-1]))[::-1]
+    strides = [math.prod(array.shape[d + 1 :]) for d in range(array.ndim)]
     linear = sum(
         (jax.lax.broadcasted_iota(jnp.int32, array.shape, d) * int(s) for d, s in enumerate(strides)),
         start=jnp.zeros(array.shape, jnp.int32),
@@ -263,3 +266,39 @@ def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
         denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=loss.dtype)
     # A mean over nothing (no kept element, or zero total weight) is 0 with zero gradient, not 0/0.
     return total / jnp.where(denominator == 0, 1, denominator)
+
+
+def checked(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` with jaxbce's value checks turned on: raises on the first bad value instead of returning NaN.
+
+    Every loss registers value checks that cost nothing unless the computation runs under
+    ``jax.experimental.checkify`` (the compiled program is the same instruction for instruction): labels and
+    probabilities outside [0, 1], negative ``weight`` or ``pos_weight``, and NaN in any of them or in the
+    logits, where ``where`` keeps the element. ``checked`` runs ``fn`` under checkify and raises
+    ``checkify.JaxRuntimeError`` naming the argument, the offending value and its index, e.g.
+    ``labels must be in [0, 1]; got 2.0 at index [1 1]``.
+
+    ``fn`` may be a jaxbce loss or any function that calls one (a whole train step); it is traced and compiled
+    once per input signature. Inside your own ``jax.jit``, checkify the function yourself and throw outside::
+
+        step = jax.jit(checkify.checkify(train_step))
+        error, out = step(params, batch)
+        error.throw()
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> loss = jaxbce.checked(jaxbce.binary_cross_entropy_with_logits)
+      >>> loss(jnp.zeros(3), jnp.array([0.0, 1.0, 2.0]))
+      Traceback (most recent call last):
+      ...
+      jax._src.checkify.JaxRuntimeError: labels must be in [0, 1]; got 2.0 at index [2]...
+    """
+    checkified = checkify.checkify(fn, errors=checkify.user_checks)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        error, out = checkified(*args, **kwargs)
+        error.throw()
+        return out
+
+    return run

@@ -1,0 +1,276 @@
+"""Property-based tests (hypothesis) for every loss, over dtypes, shapes and hard values.
+
+Profiles (tests/conftest.py): "ci" (default, 2,000 examples per property) and "thorough" (20,000); choose with
+``pytest --hypothesis-profile=thorough tests/test_properties.py``. References are float64 NumPy formulas written
+independently of the package (np.logaddexp for softplus).
+"""
+
+import functools
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import jaxbce
+
+FUNCTIONS = (
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "binary_entropy",
+    "binary_kl_divergence",
+)
+DTYPES = (np.float16, jnp.bfloat16, np.float32, np.float64)
+# (shape, broadcastable shapes for weight / pos_weight / where): scalars, 0-size and ragged broadcasts.
+# One broadcast shape per example serves weight, pos_weight and where, which keeps the number of distinct
+# compiled programs (and so the run time) small.
+SHAPES = {
+    (): [()],
+    (0, 4): [(4,), (0, 4)],
+    (3, 4): [(), (4,), (3, 1), (3, 4)],
+}
+FOCAL_OPTIONS = ((0.25, 2.0), (None, 0.0), (0.5, 0.5))
+# Values where 1 - y, 1 - p and 1 / pos_weight are exact in every dtype, so symmetries hold to rounding.
+EXACT_LABELS = tuple(k / 64 for k in range(65))
+EXACT_POS_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+SPECIAL_LOGITS = (0.0, -0.0, 1e-40, -1e-40, 1e-8, 0.5, 1.0, 17.0, 30.0, 88.0, 100.0, 1e4, 1e30, 1e38)
+
+
+def _x64(dtype):
+    return jax.enable_x64(np.dtype(dtype) == np.float64)
+
+
+@functools.cache
+def _evaluator(name, options, reduction="none"):
+    """A jitted (value, gradient in the first argument) for one function and its static options."""
+    function = functools.partial(getattr(jaxbce, name), **dict(options), reduction=reduction)
+
+    def value(first, second, weight, pos_weight, where):
+        kwargs = {"where": where}
+        if name != "binary_entropy":
+            kwargs["weight"] = weight
+        if name == "binary_cross_entropy_with_logits":
+            kwargs["pos_weight"] = pos_weight
+        args = (first,) if name == "binary_entropy" else (first, second)
+        return function(*args, **kwargs)
+
+    def total(*args):
+        return jnp.sum(value(*args).astype(jnp.float32 if args[0].dtype != jnp.float64 else jnp.float64))
+
+    return jax.jit(value), jax.jit(jax.grad(total, argnums=(0, 1, 2, 3)))
+
+
+@st.composite
+def cases(draw, finite=True, exact=False):
+    name = draw(st.sampled_from(FUNCTIONS))
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(st.sampled_from(list(SHAPES)))
+    info = jnp.finfo(dtype)
+    limit = float(info.max) if not finite else min(float(info.max), 1e30)
+    if name == "binary_cross_entropy":
+        values = st.sampled_from(EXACT_LABELS) if exact else st.floats(0, 1, width=32)
+    else:
+        magnitudes = st.one_of(st.sampled_from(SPECIAL_LOGITS), st.floats(0, 200), st.floats(0, limit))
+        values = st.builds(lambda m, s: s * min(m, limit), magnitudes, st.sampled_from((1.0, -1.0)))
+    first = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
+    if name == "binary_kl_divergence":
+        second = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
+    else:
+        labels = st.sampled_from(EXACT_LABELS) if exact else st.one_of(st.sampled_from((0.0, 1.0)), st.floats(0, 1))
+        second = draw(hnp.arrays(np.float64, shape, elements=labels)).astype(
+            dtype if dtype != np.float16 else np.float32
+        )
+    broadcast = SHAPES[shape]
+    weight = draw(hnp.arrays(np.float32, draw(st.sampled_from(broadcast)), elements=st.floats(0, 8, width=32)))
+    pos_weight = draw(
+        hnp.arrays(
+            np.float32,
+            draw(st.sampled_from(broadcast)),
+            elements=st.sampled_from(EXACT_POS_WEIGHTS) if exact else st.floats(0, 8, width=32),
+        )
+    )
+    where = draw(hnp.arrays(np.bool_, draw(st.sampled_from(broadcast)), elements=st.booleans()))
+    options = ()
+    if name == "sigmoid_focal_loss":
+        options = (
+            ("alpha", draw(st.sampled_from((0.25, 0.5, None)))),
+            ("gamma", draw(st.sampled_from((0.0, 0.5, 2.0)))),
+        )
+    if name in ("binary_cross_entropy_with_logits", "binary_cross_entropy", "sigmoid_focal_loss"):
+        options += (("label_smoothing", draw(st.sampled_from((0.0, 0.125)))),)
+    return name, options, dtype, first, second, weight, pos_weight, where
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _sigmoid(x):
+    return np.exp(-_softplus(-x))
+
+
+def reference(name, options, x, y, weight, pos_weight):
+    """float64 elementwise loss and d/d(first argument), before the mask; plus the size of the terms."""
+    options = dict(options)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    s = options.get("label_smoothing", 0.0)
+    ys = y * (1 - s) + s / 2
+    if name == "binary_cross_entropy_with_logits":
+        loss = pos_weight * ys * _softplus(-x) + (1 - ys) * _softplus(x)
+        grad = (1 - ys) * _sigmoid(x) - pos_weight * ys * _sigmoid(-x)
+        size = pos_weight * ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
+    elif name == "binary_cross_entropy":
+        with np.errstate(divide="ignore"):
+            log_p, log_not_p = np.maximum(np.log(x), -100), np.maximum(np.log1p(-x), -100)
+        loss = -(ys * log_p + (1 - ys) * log_not_p)
+        floor = np.maximum(x * (1 - x), 1e-12)
+        grad, size = (x - ys) / floor, np.maximum(x, ys) / floor
+    elif name == "sigmoid_focal_loss":
+        alpha, gamma = options["alpha"], options["gamma"]
+        q = ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
+        ce = ys * _softplus(-x) + (1 - ys) * _softplus(x)
+        alpha_t = 1.0 if alpha is None else alpha * ys + (1 - alpha) * (1 - ys)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_factor = np.where(q > 0, gamma * q ** (gamma - 1), 0.0) if gamma else 0.0
+        dq = (1 - 2 * ys) * _sigmoid(x) * _sigmoid(-x)
+        factor = q**gamma
+        loss = alpha_t * factor * ce
+        terms = (d_factor * dq * ce, factor * (_sigmoid(x) - ys))
+        grad = alpha_t * (terms[0] + terms[1])
+        size = alpha_t * (np.abs(terms[0]) + factor * np.maximum(_sigmoid(x), ys))
+    elif name == "binary_entropy":
+        weight = 1.0  # binary_entropy takes no weight
+        p, not_p = _sigmoid(x), _sigmoid(-x)  # not 1 - p, which cancels in float64 too
+        loss = p * _softplus(-x) + not_p * _softplus(x)
+        grad = -x * p * _sigmoid(-x)
+        size = np.abs(grad)
+    else:
+        t = y
+        loss = _softplus(x) - _softplus(t) - _sigmoid(t) * (x - t)
+        grad = _sigmoid(x) - _sigmoid(t)
+        size = np.maximum(_sigmoid(x), _sigmoid(t))
+        # the float64 textbook form cancels: its own error is ~eps64 * (size of its terms)
+        loss_floor = 4 * np.finfo(np.float64).eps * (_softplus(x) + _softplus(t) + np.abs(_sigmoid(t) * (x - t)))
+        return weight * loss, weight * grad, weight * size, weight * loss_floor
+    return weight * loss, weight * grad, weight * np.maximum(size, np.abs(grad)), 0.0
+
+
+def _tiny(dtype):
+    """Errors below the smallest normal number of the result (and of float32, where XLA flushes) do not count."""
+    return max(float(jnp.finfo(dtype).tiny), float(jnp.finfo(np.float32).tiny))
+
+
+def _tolerance(dtype):
+    """Relative tolerance in the result: 16-bit results are rounded once to their dtype; wider ones are
+    allowed a few eps of the compute dtype."""
+    eps = float(jnp.finfo(dtype).eps)
+    return eps if np.dtype(dtype).itemsize == 2 else 8 * eps
+
+
+@given(cases(finite=True))
+def test_finite_non_negative_and_close_to_float64(case):
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    with _x64(dtype):
+        value_fn, grad_fn = _evaluator(name, options)
+        loss = np.asarray(value_fn(x, y, weight, pos_weight, where), np.float64)
+        grads = grad_fn(x, y, weight, pos_weight, where)
+    ref_loss, ref_grad, size, floor = reference(name, options, x, y, weight, pos_weight)
+    keep = np.broadcast_to(where, np.shape(x))
+    # Finite wherever the exact value is representable in the result's dtype (float16 overflows at 65504).
+    largest = 0.5 * float(jnp.finfo(dtype).max)
+    representable = np.abs(ref_loss) <= largest
+    assert np.isfinite(loss[representable & keep]).all()
+    assert (loss[~np.isnan(loss)] >= 0).all()
+    assert (loss[~keep] == 0).all()
+    first_grad = np.asarray(grads[0], np.float64)
+    assert np.isfinite(first_grad[(np.abs(ref_grad) <= largest) & keep & representable]).all()
+    rtol, tiny = _tolerance(dtype), _tiny(dtype)
+    half = np.dtype(dtype).itemsize == 2  # inputs rounded to 16 bits move the loss by |dl/dx * x| * eps
+    bound = rtol * np.abs(ref_loss) + floor + tiny + (2 * rtol * np.abs(ref_grad * x) if half else 0)
+    ok = ~representable | ~keep | (np.abs(loss - ref_loss) <= bound)
+    assert ok.all(), (loss[~ok], ref_loss[~ok], np.asarray(x)[np.broadcast_to(~ok, np.shape(x))])
+
+
+@given(cases(finite=True))
+def test_gradient_matches_closed_form(case):
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    assume(np.dtype(dtype).itemsize > 2)  # 16-bit gradients are the float32 ones rounded: covered above
+    with _x64(dtype):
+        grad = np.asarray(_evaluator(name, options)[1](x, y, weight, pos_weight, where)[0], np.float64)
+    _, ref_grad, size, _ = reference(name, options, x, y, weight, pos_weight)
+    ref_grad = np.where(np.broadcast_to(where, np.shape(x)), ref_grad, 0.0)
+    rtol = _tolerance(dtype)
+    ok = ~np.isfinite(ref_grad) | (np.abs(grad - ref_grad) <= rtol * size + _tiny(dtype))
+    assert ok.all(), (grad[~ok], ref_grad[~ok], np.asarray(x)[~ok])
+
+
+@given(cases(finite=True, exact=True))
+def test_symmetry(case):
+    """l(x, y) = l(-x, 1 - y), with pos_weight -> 1 / pos_weight (times pos_weight), alpha -> 1 - alpha,
+    p -> 1 - p, t -> -t."""
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    flipped_options = tuple((k, (1 - v if k == "alpha" and v is not None else v)) for k, v in options)
+    flipped_first = (1 - x if name == "binary_cross_entropy" else -x).astype(x.dtype)
+    flipped_second = (-y if name == "binary_kl_divergence" else 1 - y).astype(y.dtype)
+    scale = pos_weight if name == "binary_cross_entropy_with_logits" else 1.0
+    flipped_pos_weight = (1 / pos_weight if name == "binary_cross_entropy_with_logits" else pos_weight).astype(
+        np.float32
+    )
+    if name == "binary_cross_entropy_with_logits":
+        assume((pos_weight > 0).all())
+    with _x64(dtype):
+        loss = np.asarray(_evaluator(name, options)[0](x, y, weight, pos_weight, where), np.float64)
+        mirrored = _evaluator(name, flipped_options)[0](
+            flipped_first, flipped_second, weight, flipped_pos_weight, where
+        )
+    mirrored = np.asarray(mirrored, np.float64) * np.broadcast_to(scale, np.shape(loss))
+    finite = np.isfinite(loss) & np.isfinite(mirrored)
+    assert (np.isfinite(loss) == np.isfinite(mirrored)).all()
+    rtol = 2 * _tolerance(dtype)
+    assert np.allclose(loss[finite], mirrored[finite], rtol=rtol, atol=_tiny(dtype))
+
+
+@given(cases(finite=False), st.sampled_from((np.nan, np.inf, -np.inf, 3e38)))
+def test_masked_values_change_nothing_bit_for_bit(case, garbage):
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    keep = np.broadcast_to(where, np.shape(x))
+
+    def dirty(a):
+        return np.where(keep, a, garbage).astype(a.dtype) if np.shape(a) == np.shape(x) else a
+
+    value_fn, grad_fn = _evaluator(name, options, "mean")
+    with _x64(dtype):
+        clean = value_fn(x, y, weight, pos_weight, where), grad_fn(x, y, weight, pos_weight, where)
+        noisy = value_fn(dirty(x), dirty(y), dirty(weight), dirty(pos_weight), where)
+        noisy = noisy, grad_fn(dirty(x), dirty(y), dirty(weight), dirty(pos_weight), where)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), clean, noisy)
+
+
+@given(cases(finite=False))
+def test_jit_and_eager_agree(case):
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    value_fn, _ = _evaluator(name, options)
+    with _x64(dtype):
+        compiled = np.asarray(value_fn(x, y, weight, pos_weight, where), np.float64)
+        with jax.disable_jit():
+            eager = np.asarray(value_fn(x, y, weight, pos_weight, where), np.float64)
+    np.testing.assert_allclose(eager, compiled, rtol=2 * _tolerance(dtype), atol=_tiny(dtype))
+
+
+@given(cases(finite=False))
+def test_nan_in_nan_out_and_no_nan_from_infinities(case):
+    name, options, dtype, x, y, weight, pos_weight, where = case
+    keep = np.broadcast_to(where, np.shape(x))
+    with _x64(dtype):
+        loss = np.asarray(_evaluator(name, options)[0](x, y, weight, pos_weight, where), np.float64)
+        nan_x = np.where(keep, np.nan, x).astype(x.dtype)
+        nan_loss = np.asarray(_evaluator(name, options)[0](nan_x, y, weight, pos_weight, where), np.float64)
+    assert np.isnan(nan_loss[keep]).all()  # NaN in, NaN out: never silently 0
+    assert (nan_loss[~keep] == 0).all()
+    # Infinite logits (or teacher logits) give limits, not NaN (probabilities are finite by construction).
+    if name == "binary_kl_divergence":
+        assume(not (np.isinf(x) & np.isinf(y) & (np.sign(x) != np.sign(y))).any())  # KL(0 || 1) = inf, fine
+    assert not np.isnan(loss).any()
