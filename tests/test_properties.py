@@ -177,7 +177,7 @@ def test_finite_non_negative_and_close_to_float64(case):
         value_fn, grad_fn = _evaluator(name, options)
         loss = np.asarray(value_fn(x, y, weight, pos_weight, where), np.float64)
         grads = grad_fn(x, y, weight, pos_weight, where)
-    ref_loss, ref_grad, size, floor = reference(name, options, x, y, weight, pos_weight)
+    ref_loss, ref_grad, _, floor = reference(name, options, x, y, weight, pos_weight)
     keep = np.broadcast_to(where, np.shape(x))
     # Finite wherever the exact value is representable in the result's dtype (float16 overflows at 65504).
     largest = 0.5 * float(jnp.finfo(dtype).max)
