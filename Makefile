@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu lint format bench bench-accuracy bench-speed clean
+.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,demo,notebooks,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,demo,notebooks,bench,docs]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
@@ -28,6 +28,10 @@ test-gpu:
 	.venv-gpu/bin/python -m pip install --quiet --upgrade pip
 	.venv-gpu/bin/python -m pip install --quiet -e ".[test,demo,notebooks,bench]" "jax[cuda13]"
 	JAX_PLATFORMS=cuda,cpu .venv-gpu/bin/python -m pytest -p no:cacheprovider -q | tee tests/gpu-run.log
+
+docs: $(STAMP)
+	cp bench/results/speed-cpu.png docs/assets/speed-cpu.png
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

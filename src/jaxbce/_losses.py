@@ -41,13 +41,11 @@ def binary_cross_entropy_with_logits(
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    r"""Binary cross-entropy from logits, exact to rounding everywhere, with exact derivatives of every order.
+    """Binary cross-entropy from logits, exact to rounding everywhere, with exact derivatives of every order.
 
     Per element, with ``x = logits``, ``y = labels`` (after smoothing) and ``pw = pos_weight``:
 
-    .. math::
-
-        \ell(x, y) = w \cdot \bigl(pw \cdot y \cdot \mathrm{softplus}(-x) + (1 - y)\,\mathrm{softplus}(x)\bigr)
+        loss = w * (pw * y * softplus(-x) + (1 - y) * softplus(x))
 
     which is ``-w * (pw * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))`` without ever forming
     ``sigmoid(x)``. It is evaluated as ``a * |x| + c * softplus(-|x|)`` with non-negative ``a`` and ``c``, so no
@@ -113,11 +111,9 @@ def binary_cross_entropy(
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    r"""Binary cross-entropy from probabilities, with PyTorch ``BCELoss`` semantics.
+    """Binary cross-entropy from probabilities, with PyTorch ``BCELoss`` semantics.
 
-    .. math::
-
-        \ell(p, y) = -w \cdot \bigl(y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100)\bigr)
+        loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
 
     Each log is clamped at -100 as PyTorch does, so ``p = 0`` with ``y = 1`` gives exactly 100 rather than
     inf. The gradient in ``probs`` is PyTorch's ``(p - y) / max(p (1 - p), 1e-12)``, finite on all of [0, 1];
@@ -171,12 +167,10 @@ def sigmoid_focal_loss(
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    r"""Sigmoid focal loss (Lin et al., RetinaNet), torchvision semantics, stable for every logit and gamma.
+    """Sigmoid focal loss (Lin et al., RetinaNet), torchvision semantics, stable for every logit and gamma.
 
-    .. math::
-
-        \ell = w \cdot \alpha_t (1 - p_t)^\gamma \, \mathrm{bce}(x, y), \quad
-        p_t = p y + (1 - p)(1 - y), \quad \alpha_t = \alpha y + (1 - \alpha)(1 - y), \quad p = \sigma(x)
+        loss = w * alpha_t * (1 - p_t)**gamma * bce(x, y)
+        p = sigmoid(x),  p_t = p*y + (1 - p)*(1 - y),  alpha_t = alpha*y + (1 - alpha)*(1 - y)
 
     ``bce`` is :func:`binary_cross_entropy_with_logits`'s exact core. ``1 - p_t`` is handled in log space
     (``log(y sigmoid(-x) + (1-y) sigmoid(x))`` as a logaddexp), so values, gradients and Hessians are finite for
@@ -232,11 +226,9 @@ def binary_entropy(
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    r"""Entropy of Bernoulli(sigmoid(x)) in nats, computed from logits.
+    """Entropy of Bernoulli(sigmoid(x)) in nats, computed from logits.
 
-    .. math::
-
-        H(x) = -p \log p - (1 - p) \log(1 - p) = \sigma(-|x|)\,|x| + \mathrm{softplus}(-|x|), \quad p = \sigma(x)
+        H(x) = -p log p - (1 - p) log(1 - p) = sigmoid(-|x|) * |x| + softplus(-|x|),   p = sigmoid(x)
 
     Both terms are non-negative and no probability is formed, so ``H`` is exact to rounding for every logit
     (``H(0) = log 2``, ``H(+-inf) = 0``), and so is its derivative ``-x sigmoid(x) sigmoid(-x)``. Useful as an
@@ -276,12 +268,10 @@ def binary_kl_divergence(
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    r"""KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(x))) in nats, from student logits x and teacher logits t.
+    """KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(x))) in nats, from student logits x and teacher logits t.
 
-    .. math::
-
-        \mathrm{KL} = q \log\frac{q}{p} + (1-q) \log\frac{1-q}{1-p}
-                    = \mathrm{softplus}(x) - \mathrm{softplus}(t) - \sigma(t)(x - t), \quad q = \sigma(t)
+        KL = q log(q / p) + (1 - q) log((1 - q) / (1 - p)) = softplus(x) - softplus(t) - sigmoid(t) * (x - t)
+        q = sigmoid(t),  p = sigmoid(x)
 
     It is evaluated as ``log1p`` of a sum of non-negative terms (see ``_elementwise.binary_kl_divergence``), so
     it is ``>= 0`` exactly, exactly 0 where ``x == t``, and accurate as ``x -> t``, where the textbook form
