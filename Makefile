@@ -38,6 +38,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: bench-accuracy bench-speed
+	$(BIN)/python bench/report.py
+	cp bench/results/speed-cpu.png docs/assets/speed-cpu.png
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py

@@ -262,6 +262,8 @@ def main():
 
 
 def _fmt(value):
+    if value is None:
+        return f"{'–':>12}"  # not measured in this setting (no hard labels once smoothed)
     return f"{value:>12.3g}" if np.isfinite(value) else f"{'inf':>12}"
 
 
@@ -271,7 +273,7 @@ def print_tables(results):
         print(f"\nbinary_cross_entropy_with_logits, {setting}")
         print(f"{'':<26}{'loss':>12}{'grad hard':>12}{'grad soft':>12}{'non-finite':>12}")
         for name, row in table.items():
-            cells = "".join(_fmt(row[k]) for k in ("loss", "grad_hard", "grad_soft"))
+            cells = "".join(_fmt(row.get(k)) for k in ("loss", "grad_hard", "grad_soft"))
             print(f"{name:<26}{cells}{row['nonfinite']:>12}")
     sections = (
         ("sigmoid_focal_loss (alpha=0.25, gamma=2)", results["sigmoid_focal_loss"]["implementations"]),

@@ -2,7 +2,7 @@
 
 Profiles (tests/conftest.py): "ci" (default, 2,000 examples per property) and "thorough" (20,000); choose with
 ``pytest --hypothesis-profile=thorough tests/test_properties.py``. References are float64 NumPy formulas written
-independently of the package (np.logaddexp for softplus).
+independently of the package (scipy.special.expit and log_expit for sigmoid and softplus).
 """
 
 import functools
@@ -11,26 +11,21 @@ import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import jaxbce
 
-FUNCTIONS = (
-    "binary_cross_entropy_with_logits",
-    "binary_cross_entropy",
-    "sigmoid_focal_loss",
-    "binary_entropy",
-    "binary_kl_divergence",
-)
+FUNCTIONS = tuple(name for name in jaxbce.__all__ if name != "checked")  # the five losses
 DTYPES = (np.float16, jnp.bfloat16, np.float32, np.float64)
 # (shape, broadcastable shapes for weight / pos_weight / where): scalars, 0-size and ragged broadcasts.
 # One broadcast shape per example serves weight, pos_weight and where, which keeps the number of distinct
 # compiled programs (and so the run time) small.
 SHAPES = {
     (): [()],
-    (0, 4): [(4,), (0, 4)],
-    (3, 4): [(), (4,), (3, 1), (3, 4)],
+    (0, 4): [(4,)],
+    (3, 4): [(), (4,), (3, 4)],
 }
 FOCAL_OPTIONS = ((0.25, 2.0), (None, 0.0), (0.5, 0.5))
 # Values where 1 - y, 1 - p and 1 / pos_weight are exact in every dtype, so symmetries hold to rounding.
@@ -63,6 +58,10 @@ def _evaluator(name, options, reduction="none"):
     return jax.jit(value), jax.jit(jax.grad(total, argnums=(0, 1, 2, 3)))
 
 
+def _flush_subnormals(array):
+    return np.where(np.abs(array) < np.finfo(np.float32).tiny, 0, array).astype(array.dtype)
+
+
 @st.composite
 def cases(draw, finite=True, exact=False):
     name = draw(st.sampled_from(FUNCTIONS))
@@ -83,33 +82,27 @@ def cases(draw, finite=True, exact=False):
         second = draw(hnp.arrays(np.float64, shape, elements=labels)).astype(
             dtype if dtype != np.float16 else np.float32
         )
-    broadcast = SHAPES[shape]
-    weight = draw(hnp.arrays(np.float32, draw(st.sampled_from(broadcast)), elements=st.floats(0, 8, width=32)))
-    pos_weight = draw(
-        hnp.arrays(
-            np.float32,
-            draw(st.sampled_from(broadcast)),
-            elements=st.sampled_from(EXACT_POS_WEIGHTS) if exact else st.floats(0, 8, width=32),
-        )
-    )
-    where = draw(hnp.arrays(np.bool_, draw(st.sampled_from(broadcast)), elements=st.booleans()))
+    broadcast = draw(st.sampled_from(SHAPES[shape]))  # shared by weight, pos_weight and where
+    weights = st.floats(0, 8, width=32)
+    pos_weights = st.sampled_from(EXACT_POS_WEIGHTS) if exact else weights
+    # No subnormal weights: XLA on CPU treats subnormal inputs as 0 (the contract allows it).
+    weight = _flush_subnormals(draw(hnp.arrays(np.float32, broadcast, elements=weights)))
+    pos_weight = _flush_subnormals(draw(hnp.arrays(np.float32, broadcast, elements=pos_weights)))
+    where = draw(hnp.arrays(np.bool_, broadcast, elements=st.booleans()))
     options = ()
     if name == "sigmoid_focal_loss":
-        options = (
-            ("alpha", draw(st.sampled_from((0.25, 0.5, None)))),
-            ("gamma", draw(st.sampled_from((0.0, 0.5, 2.0)))),
-        )
-    if name in ("binary_cross_entropy_with_logits", "binary_cross_entropy", "sigmoid_focal_loss"):
+        options = tuple(zip(("alpha", "gamma"), draw(st.sampled_from(FOCAL_OPTIONS)), strict=True))
+    if name in ("binary_cross_entropy_with_logits", "binary_cross_entropy"):
         options += (("label_smoothing", draw(st.sampled_from((0.0, 0.125)))),)
     return name, options, dtype, first, second, weight, pos_weight, where
 
 
 def _softplus(x):
-    return np.logaddexp(0.0, x)
+    return -scipy.special.log_expit(-x)
 
 
 def _sigmoid(x):
-    return np.exp(-_softplus(-x))
+    return scipy.special.expit(x)  # exact to an ulp in float64; exp(-softplus(-x)) would lose |x| * eps
 
 
 def reference(name, options, x, y, weight, pos_weight):
@@ -159,8 +152,10 @@ def reference(name, options, x, y, weight, pos_weight):
 
 
 def _tiny(dtype):
-    """Errors below the smallest normal number of the result (and of float32, where XLA flushes) do not count."""
-    return max(float(jnp.finfo(dtype).tiny), float(jnp.finfo(np.float32).tiny))
+    """Absolute errors that do not count: below the smallest normal number of the result's dtype, and, in
+    float32 compute, up to 8 times float32's: XLA flushes subnormal intermediates to zero, so a result just
+    above the normal range that is a sum of subnormal terms (e**-88 and its neighbours) may read 0."""
+    return max(float(jnp.finfo(dtype).tiny), 8 * float(jnp.finfo(np.float32).tiny))
 
 
 def _tolerance(dtype):
@@ -228,7 +223,9 @@ def test_symmetry(case):
         )
     mirrored = np.asarray(mirrored, np.float64) * np.broadcast_to(scale, np.shape(loss))
     finite = np.isfinite(loss) & np.isfinite(mirrored)
-    assert (np.isfinite(loss) == np.isfinite(mirrored)).all()
+    # Both sides finite wherever neither can overflow the result's dtype (pos_weight up to 4 scales one side).
+    safe = np.abs(loss) * 16 < float(jnp.finfo(dtype).max)
+    assert (np.isfinite(loss) == np.isfinite(mirrored))[safe].all()
     rtol = 2 * _tolerance(dtype)
     assert np.allclose(loss[finite], mirrored[finite], rtol=rtol, atol=_tiny(dtype))
 
@@ -239,7 +236,10 @@ def test_masked_values_change_nothing_bit_for_bit(case, garbage):
     keep = np.broadcast_to(where, np.shape(x))
 
     def dirty(a):
-        return np.where(keep, a, garbage).astype(a.dtype) if np.shape(a) == np.shape(x) else a
+        if np.shape(a) != np.shape(x):
+            return a
+        with np.errstate(over="ignore"):  # 3e38 becomes inf in 16-bit dtypes: garbage either way
+            return np.where(keep, a, garbage).astype(a.dtype)
 
     value_fn, grad_fn = _evaluator(name, options, "mean")
     with _x64(dtype):

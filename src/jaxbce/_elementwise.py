@@ -257,8 +257,13 @@ _PROBABILITY_GRADIENT_FLOOR = 1e-12
 
 
 def _clamped_logs(p: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # log(1 - p) for p >= 1/2, where 1 - p is exact (Sterbenz) and XLA's log is better than its log1p.
-    log_not_p = jnp.where(p >= 0.5, jnp.log(1 - p), jnp.log1p(-p))
+    # XLA's log1p(-p) is off by up to 1.5 eps (float32) and 120 eps (float64) for p in [0.35, 0.5]. From
+    # p = 0.3 on, log(1 - p) is taken as log(hi) + lo / hi with 1 - p = hi + lo exactly (lo is the rounding
+    # error of hi = 1 - p; 0 for p >= 1/2, where the subtraction is exact).
+    hi = 1 - p
+    lo = (1 - hi) - p
+    correction = jnp.where(lo == 0, 0, lo / jnp.where(hi == 0, 1, hi))  # 0 / 0 at p = 1 would be NaN
+    log_not_p = jnp.where(p >= 0.3, jnp.log(hi) + correction, jnp.log1p(-p))
     return jnp.maximum(jnp.log(p), _LOG_FLOOR), jnp.maximum(log_not_p, _LOG_FLOOR)
 
 
@@ -413,11 +418,16 @@ def binary_kl_divergence(x: jax.Array, t: jax.Array) -> jax.Array:
     d = x - t
     r = _sigmoid_nonpositive(t)
     small, large = r * d, (1 - r) * d
-    near = jnp.log1p((1 - r) * _expm1_minus_identity(-small) + r * _expm1_minus_identity(large))
-    # x = +inf against a finite t (r > 0) is +inf; written out, as sp(x) - r * d would read inf - inf.
-    far = jnp.where(jnp.isposinf(x) & (r > 0), jnp.inf, softplus(x) - softplus(t) - _zero_times(r, d))
+    # Products r * c are formed by _sigmoid_nonpositive(t, c), rounded once: r alone is subnormal (and
+    # flushed to 0) for t < -87 in float32 while r * c can still be a normal number.
+    near = jnp.log1p((1 - r) * _expm1_minus_identity(-small) + _sigmoid_nonpositive(t, _expm1_minus_identity(large)))
+    # In the tail of t, softplus(t) = r to rounding, so -softplus(t) - r * d = r * (-1 - d), rounded once.
+    rest = jnp.where(_tail(t), _sigmoid_nonpositive(t, -1 - d), -softplus(t) - _sigmoid_nonpositive(t, d))
+    # x = +inf against a finite t is +inf (sp(x) - r * d would read inf - inf); t = -inf is q = 0: sp(x).
+    far = jnp.where(jnp.isposinf(x), jnp.inf, softplus(x) + rest)
     is_near = jnp.maximum(jnp.abs(small), jnp.abs(large)) <= _KL_EXPONENT_LIMIT
-    return jnp.where(x == t, 0, jnp.where(is_near, near, far))
+    kl = jnp.where(t == -jnp.inf, softplus(x), jnp.where(is_near, near, far))
+    return jnp.where(x == t, 0, kl)
 
 
 def _binary_kl_divergence_jvp(primals, tangents):

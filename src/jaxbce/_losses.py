@@ -118,7 +118,8 @@ def binary_cross_entropy(
     Each log is clamped at -100 as PyTorch does, so ``p = 0`` with ``y = 1`` gives exactly 100 rather than
     inf. The gradient in ``probs`` is PyTorch's ``(p - y) / max(p (1 - p), 1e-12)``, finite on all of [0, 1];
     by design it is not the derivative of the clamped value where a clamp is active (PyTorch's choice, kept for
-    parity). ``log(1 - p)`` is taken as ``log1p(-p)`` below 1/2 and ``log(1 - p)`` (exact ``1 - p``) above.
+    parity). ``log(1 - p)`` is taken as ``log1p(-p)`` below 0.3 and as ``log`` of the exact two-term ``1 - p``
+    above (XLA's ``log1p`` is inaccurate for arguments in [-0.5, -0.35]).
     Prefer :func:`binary_cross_entropy_with_logits` whenever you have logits: it is exact where ``p`` rounds
     to 0 or 1.
 
