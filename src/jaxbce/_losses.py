@@ -135,9 +135,12 @@ def binary_cross_entropy(
     Returns:
       The loss in the dtype of ``probs``.
 
+    Probabilities outside [0, 1] give NaN (nothing is clamped); the checkify checks (:func:`jaxbce.checked`)
+    report them with their index.
+
     Raises:
-      TypeError, ValueError: as for :func:`binary_cross_entropy_with_logits`. Probabilities outside [0, 1]
-      give NaN; the checkify checks (:func:`jaxbce.checked`) report them with their index.
+      TypeError: as for :func:`binary_cross_entropy_with_logits`.
+      ValueError: as for :func:`binary_cross_entropy_with_logits`.
 
     Example:
       >>> import jax.numpy as jnp, jaxbce
@@ -197,8 +200,9 @@ def sigmoid_focal_loss(
       The loss in the dtype of ``logits``.
 
     Raises:
-      TypeError, ValueError: as for :func:`binary_cross_entropy_with_logits`, and for ``alpha`` outside [0, 1]
-      or a negative ``gamma``.
+      TypeError: as for :func:`binary_cross_entropy_with_logits`.
+      ValueError: as for :func:`binary_cross_entropy_with_logits`, and for ``alpha`` outside [0, 1] or a
+        negative ``gamma``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxbce
