@@ -81,11 +81,15 @@ def speed_section(data) -> list[str]:
         f"The optimized HLO of `jit(value_and_grad(binary_cross_entropy_with_logits))` at N = {evidence['n']:,} "
         f"(bool labels) has the fusions `{', '.join(evidence['fusions'])}` and {evidence['temp_bytes']:,} bytes "
         f"of temporaries for {evidence['argument_bytes']:,} bytes of arguments. XLA's CPU backend does not fuse "
-        "elementwise producers into a reduction: the reduction runs in a YNNPACK fusion (or, with YNN fusions "
-        "off, as a reduce-window tree), so the per-element loss is written to memory and read back, and the "
-        "gradient is a separate loop. The one-pass, inputs-plus-one-gradient target of the performance issue "
-        "is therefore out of reach of XLA on CPU in this version; jaxbce's loops do their transcendental work "
-        "once per pass and read labels in their own dtype (a bool costs 1 byte).",
+        "elementwise producers into a reduction: the reduction runs in a YNNPACK fusion that reads the "
+        "per-element loss from memory (the add_reduce-precision loop writes it; the no-op reduce-precision at "
+        "its root stops YNNPACK from taking the final additions too, which would split the loss into two "
+        "arrays and cost 2.7x on the forward pass), and the gradient is a separate loop that recomputes the "
+        "exponential, fed by one materialized array of quotients (the reduce-precision_divide loop, which "
+        "appeared with the compensated gradient; why XLA keeps the divide out of the gradient loop is not "
+        "established). "
+        "The one-pass, inputs-plus-one-gradient target of the performance issue is therefore out of reach of "
+        "XLA on CPU in this version; jaxbce's loops read labels in their own dtype (a bool costs 1 byte).",
     ]
     return lines
 

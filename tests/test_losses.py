@@ -100,7 +100,7 @@ class AccuracyTest(parameterized.TestCase):
         (0.25, 0.0, 2.0, 2.0), (0.25, 0.5, 2.5, 2.5), (0.25, 2.0, 4.0, 4.0), (None, 3.0, 5.0, 5.0)
     )
     def test_focal(self, alpha, gamma, loss_bound, grad_bound):
-        # gamma = 3 amplifies the ~1.3 eps rounding of 1 - p_t threefold: 4.8 eps measured.
+        # gamma = 3 triples the ~1 eps rounding of 1 - p_t: 4.6 eps measured (over the 4 eps of issue 3).
         for label in SOFT_AND_HARD:
             y = np.full_like(LOGITS, label)
             ref_loss, ref_grad, scale = reference.sigmoid_focal(LOGITS, y, alpha=alpha, gamma=gamma)

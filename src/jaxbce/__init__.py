@@ -10,7 +10,7 @@ from jaxbce._losses import (
     binary_kl_divergence,
     sigmoid_focal_loss,
 )
-from jaxbce._pipeline import checked
+from jaxbce._pipeline import checked, value_checks
 
 __version__ = "0.1.0"
 
@@ -21,4 +21,5 @@ __all__ = [
     "binary_kl_divergence",
     "checked",
     "sigmoid_focal_loss",
+    "value_checks",
 ]

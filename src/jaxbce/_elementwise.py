@@ -8,7 +8,8 @@ the compute dtype (float32, or float64 for float64 inputs). Two building blocks 
   ``(log2_hi - |x|/2) + (log2_lo + log(cosh(x/2)))``, a sum of two non-negative parts with no cancellation,
   the second a polynomial in x**2 fitted by ``scripts/fit_softplus_poly.py``.
 * ``sigmoid(-|x|) = e / (1 + e)`` with the same ``e = exp(-|x|)``: a quotient of positive numbers, within
-  1.4 eps (float32) for every x, including the tails where ``sigmoid(x)`` rounds to 1.
+  1.35 eps for every x, including the tails where ``sigmoid(x)`` rounds to 1; where its value is the result
+  (gradients, ``sigmoid``) the roundings of ``e`` and ``1 + e`` are compensated, leaving 1 eps.
 
 Every loss is then a sum of non-negative terms in those two quantities, and every rule's tangent is a stable
 expression that JAX can differentiate again, so derivatives of every order stay finite and accurate to a few
@@ -78,6 +79,32 @@ def _power_of_two(k: jax.Array, dtype) -> jax.Array:
     return jax.lax.bitcast_convert_type((k.astype(int_type) + bias) << mantissa_bits, dtype)
 
 
+def rounded(value: jax.Array) -> jax.Array:
+    """``value``, marked as rounded: XLA's algebraic simplifier rewrites (a + b) - a to b, which turns the
+    rounding error that error-free transformations compute into 0. Rounding to the dtype's own precision is
+    the identity but opaque to it."""
+    info = jnp.finfo(value.dtype)
+    return jax.lax.reduce_precision(value, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def _reduced_exp(nx: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """exp(nx) = (1 + u) * 2**k for nx <= 0 (clamped where exp underflows), |u| <= 0.42 unrounded."""
+    ln2_hi, ln2_lo, lowest, degree, *_ = _EXP_REDUCTION[np.dtype(nx.dtype)]
+    clamped = jnp.maximum(nx, lowest)
+    k = jnp.round(clamped * (1 / math.log(2)))
+    r = (clamped - k * ln2_hi) - k * ln2_lo
+    p = jnp.asarray(1 / math.factorial(degree), nx.dtype)
+    for n in range(degree - 1, 1, -1):
+        p = p * r + 1 / math.factorial(n)
+    return r + r * r * p, k
+
+
+def _times_power_of_two(value: jax.Array, k: jax.Array) -> jax.Array:
+    # value * 2**k as two normal powers of two, so that a normal result is exact even where 2**k is not.
+    k1 = jnp.floor(0.5 * k)
+    return (value * _power_of_two(k1, value.dtype)) * _power_of_two(k - k1, value.dtype)
+
+
 @jax.custom_jvp
 def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     """scale * exp(nx) for nx <= 0, rounded once at the end.
@@ -86,18 +113,8 @@ def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     ``scale * exp(nx)`` is exact to rounding even where exp(nx) alone would be subnormal (and flushed to 0 by
     XLA): with pos_weight > 1 the loss of a hard label can be normal where exp(-|x|) is not.
     """
-    dtype = np.dtype(nx.dtype)
-    ln2_hi, ln2_lo, lowest, degree, *_ = _EXP_REDUCTION[dtype]
-    clamped = jnp.maximum(nx, lowest)
-    k = jnp.round(clamped * (1 / math.log(2)))
-    r = (clamped - k * ln2_hi) - k * ln2_lo
-    p = jnp.asarray(1 / math.factorial(degree), dtype)
-    for n in range(degree - 1, 1, -1):
-        p = p * r + 1 / math.factorial(n)
-    m = 1 + (r + r * r * p)
-    k1 = jnp.floor(0.5 * k)
-    scaled = ((scale * m) * _power_of_two(k1, dtype)) * _power_of_two(k - k1, dtype)
-    return jnp.where(jnp.isnan(nx), nx, scaled)
+    u, k = _reduced_exp(nx)
+    return jnp.where(jnp.isnan(nx), nx, _times_power_of_two(scale * (1 + u), k))
 
 
 @_scaled_exp.defjvp
@@ -146,6 +163,34 @@ def _sigmoid_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) ->
     return jnp.where(_tail(nx), tail, _times(coefficient, e / (1 + e)))
 
 
+def _sigmoid_difference(nx: jax.Array, a: jax.Array, c: jax.Array | None) -> jax.Array:
+    """c * sigmoid(nx) - a for nx <= 0 (c None: 1), with the value of a compensated evaluation and the
+    derivatives of the plain one.
+
+    sigmoid(nx) = e / (1 + e) carries three roundings (of e, of 1 + e and of the quotient) that add up to
+    1.35 eps; here e = e_hi + e_lo and 1 + e = d_hi + d_lo are kept exactly (Fast2Sum, as 1 >= e), the
+    quotient's first-order correction is added after the subtraction of a (TwoSum), and what remains is the
+    rounding of the quotient and of the result.
+    """
+    plain = _sigmoid_nonpositive(nx, c) - a
+    u, k = _reduced_exp(nx)
+    m = rounded(1 + u)
+    m_lo = u - (m - 1)  # exact, as m - 1 is
+    e, e_lo = _times_power_of_two(m, k), _times_power_of_two(m_lo, k)
+    d = rounded(1 + e)
+    d_lo = (e - (d - 1)) + e_lo
+    q = e / d
+    q_lo = q * (m_lo / m - d_lo / d)
+    if c is not None:
+        q, q_lo = c * q, c * q_lo
+    hi = rounded(q - a)
+    b = hi - q
+    lo = (q - (hi - b)) - (a + b)
+    accurate = jnp.where(_tail(nx), plain, hi + (lo + q_lo))
+    # The correction is a few ulps: the sum rounds to ``accurate`` and differentiates as ``plain``.
+    return plain + jax.lax.stop_gradient(accurate - plain)
+
+
 def _zero_times(coefficient: jax.Array, magnitude: jax.Array) -> jax.Array:
     # coefficient * magnitude, taking 0 * inf as 0: a hard label at an infinite logit has a zero term.
     return jnp.where(coefficient == 0, 0, coefficient * magnitude)
@@ -183,9 +228,9 @@ def _softplus_jvp(primals, tangents):
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
-    """1 / (1 + exp(-x)) from sigmoid(-|x|), exact to rounding in both tails."""
-    s = _sigmoid_nonpositive(_neg_abs(x))
-    return jnp.where(x > 0, 1 - s, s)
+    """1 / (1 + exp(-x)) as sigmoid(-|x|) - 0 or -(sigmoid(-|x|) - 1), within 1 eps, tails included."""
+    d = _sigmoid_difference(_neg_abs(x), jnp.where(x > 0, 1, 0).astype(x.dtype), None)
+    return jnp.where(x > 0, -d, d)
 
 
 def smoothed_labels(y: jax.Array, label_smoothing: float) -> tuple[jax.Array, jax.Array]:
@@ -241,8 +286,8 @@ def _bce_with_logits_jvp(label_smoothing, primals, tangents):
         # s = sigmoid(-|x|) both are +-(a - c*s), and neither cancels when y is 0 or 1 (for y = 1, x > 0 it
         # is -c*s exactly, not the 1 - 1 that sigmoid(x) - y rounds to in the tail).
         a, c = _bce_coefficients(x, y, pos_weight, label_smoothing)
-        c_s = _sigmoid_nonpositive(_neg_abs(x), c)
-        return jnp.where(x > 0, a - c_s, c_s - a)
+        d = _sigmoid_difference(_neg_abs(x), a, c)
+        return jnp.where(x > 0, -d, d)
 
     def d_labels():
         # d/dy_s times dy_s/dy = 1 - s; without pos_weight d/dy_s = softplus(-x) - softplus(x) = -x exactly.

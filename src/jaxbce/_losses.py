@@ -20,13 +20,28 @@ import functools
 
 import jax
 
-from jaxbce import _elementwise
+from jaxbce import _elementwise, _pipeline
 from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss
 
 
 def _jit(*options: str):
-    """jax.jit with ``axis``, ``reduction`` and the loss's own Python-number options static."""
-    return functools.partial(jax.jit, static_argnames=(*options, "axis", "reduction"))
+    """jax.jit with ``axis``, ``reduction``, the loss's own Python-number options and whether value checks are
+    on (:func:`jaxbce.value_checks`, read when the call is traced) static."""
+
+    def decorate(loss):
+        def traced(*args, value_checks, **kwargs):
+            with _pipeline.value_checks(value_checks):
+                return loss(*args, **kwargs)
+
+        jitted = jax.jit(traced, static_argnames=(*options, "axis", "reduction", "value_checks"))
+
+        @functools.wraps(loss)
+        def call(*args, **kwargs):
+            return jitted(*args, value_checks=_pipeline.value_checks_enabled(), **kwargs)
+
+        return call
+
+    return decorate
 
 
 @_jit("label_smoothing")

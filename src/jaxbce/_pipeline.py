@@ -7,10 +7,12 @@ which
 2. casts every array to the compute dtype (float32, or float64 for float64 inputs) inside the computation,
 3. replaces masked-out elements by harmless values before the core sees them, so that NaN or inf padding
    reaches neither the value nor any gradient,
-4. registers value checks that are no-ops unless the caller runs under ``jax.experimental.checkify``,
+4. when value checks are on (:func:`value_checks`, :func:`checked`), registers checkify checks on the values,
 5. applies the core, the weights and the mask, and reduces over ``axis`` in the compute dtype.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+
+from jaxbce._elementwise import rounded
 
 T = TypeVar("T")
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
@@ -135,9 +139,43 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(jnp.promote_types(dtype, jnp.float32))
 
 
+# Value checks are opt-in at trace time: a registered ``checkify.debug_check`` changes nothing in the compiled
+# program, but it gives the jitted function a side effect, and JAX dispatches functions with effects on a
+# slow path (about 80 us a call on a 2-core CPU, measured: more than the whole loss below 10^5 elements).
+_VALUE_CHECKS = contextvars.ContextVar("jaxbce_value_checks", default=False)
+
+
+def value_checks_enabled() -> bool:
+    return _VALUE_CHECKS.get()
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool = True):
+    """Context in which jaxbce losses that are traced register their checkify value checks.
+
+    The checks (labels and probabilities outside [0, 1], negative ``weight`` or ``pos_weight``, NaN where
+    ``where`` keeps the element) only report under ``jax.experimental.checkify``, and only in losses traced
+    inside this context: what counts is when a function is traced, not when it runs. :func:`checked` does
+    both for you; in your own jitted step::
+
+        with jaxbce.value_checks():
+            step = jax.jit(checkify.checkify(train_step))
+            error, out = step(params, batch)  # traced here, with the checks
+        error.throw()
+
+    Outside the context no check is registered, and the compiled program and its dispatch cost are those of
+    the loss alone.
+    """
+    token = _VALUE_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
 def _value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | None) -> None:
-    """Checks on values that only run under checkify (``debug_check`` is a no-op otherwise)."""
-    if array.size == 0 or (role is Role.LABELS and array.dtype == np.bool_):
+    """Checks on values, registered inside :func:`value_checks`; they report under checkify."""
+    if not value_checks_enabled() or array.size == 0 or (role is Role.LABELS and array.dtype == np.bool_):
         return
     checks = [(~jnp.isnan(array), "must not be NaN")] if jnp.issubdtype(array.dtype, jnp.floating) else []
     if role in (Role.LABELS, Role.PROBABILITIES):
@@ -255,7 +293,9 @@ def compute_loss(
 def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
     if reduction == "none":
         return loss
-    total = jnp.sum(loss, axis=axes)
+    # XLA:CPU hands a sum to YNNPACK together with the additions at the root of its operand, which splits the
+    # loss into two arrays written to memory; an opaque no-op rounding keeps the loss in one loop (3x faster).
+    total = jnp.sum(rounded(loss), axis=axes)
     if reduction == "sum":
         return total
     if reduction == "weighted_mean" and weight is not None:
@@ -271,19 +311,14 @@ def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
 def checked(fn: Callable[..., T]) -> Callable[..., T]:
     """``fn`` with jaxbce's value checks turned on: raises on the first bad value instead of returning NaN.
 
-    Every loss registers value checks that cost nothing unless the computation runs under
-    ``jax.experimental.checkify`` (the compiled program is the same instruction for instruction): labels and
-    probabilities outside [0, 1], negative ``weight`` or ``pos_weight``, and NaN in any of them or in the
-    logits, where ``where`` keeps the element. ``checked`` runs ``fn`` under checkify and raises
-    ``checkify.JaxRuntimeError`` naming the argument, the offending value and its index, e.g.
-    ``labels must be in [0, 1]; got 2.0 at index [1 1]``.
+    Checks labels and probabilities outside [0, 1], negative ``weight`` or ``pos_weight``, and NaN in any of
+    them or in the logits, where ``where`` keeps the element. ``checked`` traces ``fn`` inside
+    :func:`value_checks` and under ``checkify`` and raises ``checkify.JaxRuntimeError`` naming the argument,
+    the offending value and its index, e.g. ``labels must be in [0, 1]; got 2.0 at index [1 1]``.
 
-    ``fn`` may be a jaxbce loss or any function that calls one (a whole train step); it is traced and compiled
-    once per input signature. Inside your own ``jax.jit``, checkify the function yourself and throw outside::
-
-        step = jax.jit(checkify.checkify(train_step))
-        error, out = step(params, batch)
-        error.throw()
+    ``fn`` may be a jaxbce loss or any function that calls one (a whole train step). Without ``checked`` or
+    :func:`value_checks` no check is registered: the losses compile and dispatch as if the checks did not
+    exist.
 
     Example:
       >>> import jax.numpy as jnp, jaxbce
@@ -297,7 +332,8 @@ def checked(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        error, out = checkified(*args, **kwargs)
+        with value_checks():
+            error, out = checkified(*args, **kwargs)
         error.throw()
         return out
 
