@@ -87,7 +87,7 @@ def rounded(value: jax.Array) -> jax.Array:
     return jax.lax.reduce_precision(value, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-def _reduced_exp(nx: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _reduced_exp(nx: jax.Array) -> tuple[jax.Array, jax.Array]:
     """exp(nx) = (1 + u) * 2**k for nx <= 0 (clamped where exp underflows), |u| <= 0.42 unrounded."""
     ln2_hi, ln2_lo, lowest, degree, *_ = _EXP_REDUCTION[np.dtype(nx.dtype)]
     clamped = jnp.maximum(nx, lowest)
