@@ -136,7 +136,10 @@ def bce_with_logits_table():
     return {"points": int(len(x) * len(LABELS)), "settings": results}
 
 
-def focal_table(alpha=0.25, gamma=2.0):
+FOCAL_GAMMAS = (0.5, 1.7, 2.0, 3.0, 5.0)
+
+
+def focal_table(alpha, gamma):
     x = reference.logit_grid(F32, dense=801, log_points=600, tail=601)
     impls = {
         "jaxbce": jax_value_and_grad(
@@ -160,7 +163,7 @@ def focal_table(alpha=0.25, gamma=2.0):
         y = np.full_like(x, label)
         ref_loss, ref_grad, scale = reference.sigmoid_focal(x, y, alpha=alpha, gamma=gamma)
         accumulate(table, measure(impls, x, y, ref_loss, ref_grad, scale, label in (0.0, 1.0)))
-    return {"alpha": alpha, "gamma": gamma, "implementations": table}
+    return table
 
 
 def entropy_and_kl_table():
@@ -250,7 +253,9 @@ def main():
             **{m.__name__: m.__version__ for m in (optax, torch, keras, torchvision) if m is not None},
         },
         "binary_cross_entropy_with_logits": bce_with_logits_table(),
-        "sigmoid_focal_loss": focal_table(),
+        "sigmoid_focal_loss": {
+            "settings": {f"alpha=0.25, gamma={gamma}": focal_table(0.25, gamma) for gamma in FOCAL_GAMMAS}
+        },
         "binary_cross_entropy": probability_bce_table(),
         **entropy_and_kl_table(),
     }
@@ -275,8 +280,9 @@ def print_tables(results):
         for name, row in table.items():
             cells = "".join(_fmt(row.get(k)) for k in ("loss", "grad_hard", "grad_soft"))
             print(f"{name:<26}{cells}{row['nonfinite']:>12}")
+    focal = results["sigmoid_focal_loss"]["settings"]
     sections = (
-        ("sigmoid_focal_loss (alpha=0.25, gamma=2)", results["sigmoid_focal_loss"]["implementations"]),
+        *((f"sigmoid_focal_loss, {setting}", table) for setting, table in focal.items()),
         ("binary_cross_entropy (probabilities)", results["binary_cross_entropy"]),
         ("binary_entropy", results["binary_entropy"]),
         ("binary_kl_divergence", results["binary_kl_divergence"]),

@@ -35,9 +35,9 @@ def accuracy_section(data) -> list[str]:
             cells = " | ".join(_cell(row.get(k)) for k in ("loss", "grad_hard", "grad_soft"))
             lines.append(f"| {name} | {cells} | {row['nonfinite']} |")
         lines.append("")
-    focal = data["sigmoid_focal_loss"]
+    focal = data["sigmoid_focal_loss"]["settings"]
     sections = (
-        (f"sigmoid_focal_loss (alpha {focal['alpha']}, gamma {focal['gamma']})", focal["implementations"]),
+        *((f"sigmoid_focal_loss, {setting}", table) for setting, table in focal.items()),
         ("binary_cross_entropy (probabilities)", data["binary_cross_entropy"]),
         ("binary_entropy", data["binary_entropy"]),
         ("binary_kl_divergence", data["binary_kl_divergence"]),

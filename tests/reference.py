@@ -39,6 +39,11 @@ def _sigmoid(x: float) -> mpmath.mpf:
     return 1 / (1 + mpmath.exp(-_mpf(x)))
 
 
+def sigmoid_exact(x: float) -> mpmath.mpf:
+    """sigmoid(x) at 50 digits."""
+    return _sigmoid(float(x))
+
+
 def _smoothed(y: float, label_smoothing: float) -> mpmath.mpf:
     s = _mpf(label_smoothing)
     return _mpf(y) * (1 - s) + s / 2
@@ -95,17 +100,18 @@ def bce_with_probabilities(p, y):
     return _elementwise(one, p, y)
 
 
-def sigmoid_focal(x, y, *, alpha, gamma):
-    """Focal loss value, d/dlogits and the soft-label gradient scale, with 1 - p_t = y sigmoid(-x) +
-    (1 - y) sigmoid(x)."""
+def sigmoid_focal(x, y, *, alpha, gamma, label_smoothing=0.0):
+    """Focal loss value, d/dlogits and the soft-label gradient scale, with 1 - p_t = y_s sigmoid(-x) +
+    (1 - y_s) sigmoid(x) for the smoothed label y_s."""
 
     def one(x, y):
-        y = _mpf(y)
+        y = _smoothed(y, label_smoothing)
         q = y * _sigmoid(-x) + (1 - y) * _sigmoid(x)
         dq = (1 - 2 * y) * _sigmoid(x) * _sigmoid(-x)
         ce = y * _softplus(-x) + (1 - y) * _softplus(x)
-        dce = _sigmoid(x) - y
-        alpha_t = 1 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+        # sigmoid(x) - y, formed without 1 - sigmoid(-x) rounding to 1 at 50 digits (x > 115).
+        dce = _sigmoid(x) - y if x <= 0 else (1 - y) - _sigmoid(-x)
+        alpha_t = 1 if alpha is None else alpha * y + (1 - _mpf(alpha)) * (1 - y)
         factor = q**gamma
         d_factor = gamma * q ** (gamma - 1) * dq if gamma else 0
         # The gradient is a difference of terms; scale: the sum of their sizes (sigmoid(x) and y for dce).

@@ -170,3 +170,19 @@ def test_softplus_and_sigmoid_helpers():
     sig = np.exp(-np.logaddexp(0, -x64))
     np.testing.assert_allclose(_elementwise.sigmoid(x32), sig, **tolerance)
     np.testing.assert_allclose(jax.vmap(jax.grad(_elementwise.softplus))(x32), sig, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_sigmoid_pair_is_within_a_tenth_of_an_eps(dtype):
+    """sigmoid(-|x|) as a double-word pair, against 50-digit mpmath, where the pair's low part is normal
+    (sigmoid >= 2**p * tiny; below, the pair degrades towards one number of the dtype)."""
+    x = -np.abs(reference.logit_grid(dtype, dense=401, log_points=300, tail=241))
+    with jax.enable_x64(dtype == np.float64):
+        hi, lo = (np.asarray(v) for v in jax.jit(_elementwise._sigmoid_pair)(x))
+    worst = 0.0
+    for xi, h, low in zip(x, hi, lo, strict=True):
+        exact = reference.sigmoid_exact(xi)
+        if exact >= 2.0 ** (np.finfo(dtype).nmant + 1) * np.finfo(dtype).tiny:
+            got = reference.mpmath.mpf(float(h)) + float(low)
+            worst = max(worst, float(abs(got - exact) / exact) / np.finfo(dtype).eps)
+    assert worst <= 0.1, worst

