@@ -84,10 +84,8 @@ def speed_section(data) -> list[str]:
         "elementwise producers into a reduction: the reduction runs in a YNNPACK fusion that reads the "
         "per-element loss from memory (the add_reduce-precision loop writes it; the no-op reduce-precision at "
         "its root stops YNNPACK from taking the final additions too, which would split the loss into two "
-        "arrays and cost 2.7x on the forward pass), and the gradient is a separate loop that recomputes the "
-        "exponential, fed by one materialized array of quotients (the reduce-precision_divide loop, which "
-        "appeared with the compensated gradient; why XLA keeps the divide out of the gradient loop is not "
-        "established). "
+        "arrays and cost 2.7x on the forward pass), and the gradient is a separate loop (broadcast_multiply) "
+        "that recomputes the exponential; the temporaries are that one float32 loss array. "
         "The one-pass, inputs-plus-one-gradient target of the performance issue is therefore out of reach of "
         "XLA on CPU in this version; jaxbce's loops read labels in their own dtype (a bool costs 1 byte).",
     ]

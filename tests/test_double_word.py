@@ -29,9 +29,9 @@ def test_sums_are_exact(dtype):
     with jax.enable_x64(dtype == np.float64):
         pairs = {"two_sum": jax.jit(dw.two_sum)(a, b), "fast_two_sum": jax.jit(dw.fast_two_sum)(big, small)}
     for name, (hi, lo) in pairs.items():
-        for x, y, h, l in zip(a, b, np.asarray(hi), np.asarray(lo), strict=True):
-            exact_x, exact_y, exact_h, exact_l = _exact(x, y, h, l)
-            assert exact_h + exact_l == exact_x + exact_y, (name, x, y, h, l)
+        for values in zip(a, b, np.asarray(hi), np.asarray(lo), strict=True):
+            exact_a, exact_b, exact_hi, exact_lo = _exact(*values)
+            assert exact_hi + exact_lo == exact_a + exact_b, (name, values)
 
 
 @DTYPES
@@ -45,16 +45,19 @@ def test_products_are_exact_down_to_the_smallest_normal_number(dtype):
     with jax.enable_x64(dtype == np.float64):
         hi, lo = (np.asarray(v) for v in jax.jit(dw.two_product)(a, b))
     tiny = fractions.Fraction(float(info.tiny))
-    for x, y, h, l in zip(a, b, hi, lo, strict=True):
-        exact_x, exact_y, exact_h, exact_l = _exact(x, y, h, l)
-        assert abs(exact_h + exact_l - exact_x * exact_y) < tiny, (x, y, h, l)
-        if abs(exact_x * exact_y) >= 2 ** (2 * (info.nmant + 1)) * tiny:
-            assert exact_h + exact_l == exact_x * exact_y, (x, y, h, l)
+    for values in zip(a, b, hi, lo, strict=True):
+        exact_a, exact_b, exact_hi, exact_lo = _exact(*values)
+        assert abs(exact_hi + exact_lo - exact_a * exact_b) < tiny, values
+        if abs(exact_a * exact_b) >= 2 ** (2 * (info.nmant + 1)) * tiny:
+            assert exact_hi + exact_lo == exact_a * exact_b, values
+
+
+def _mpf(hi, lo=0.0):
+    return mpmath.mpf(float(hi)) + mpmath.mpf(float(lo))
 
 
 def _relative_eps(got_hi, got_lo, ref, dtype):
-    got = mpmath.mpf(float(got_hi)) + mpmath.mpf(float(got_lo))
-    return float(abs(got - ref) / abs(ref)) / np.finfo(dtype).eps
+    return float(abs(_mpf(got_hi, got_lo) - ref) / abs(ref)) / np.finfo(dtype).eps
 
 
 @DTYPES
@@ -67,8 +70,8 @@ def test_reduced_exp(dtype):
         *u, k = jax.jit(dw.reduced_exp)(w)
         hi, lo = jax.jit(lambda *u: dw.one_plus(*u))(*u)
     worst = max(
-        _relative_eps(h, l, mpmath.exp(mpmath.mpf(float(x)) - int(kk) * mpmath.log(2)), dtype)
-        for x, h, l, kk in zip(w, np.asarray(hi), np.asarray(lo), np.asarray(k), strict=True)
+        _relative_eps(got_hi, got_lo, mpmath.exp(_mpf(x) - int(shift) * mpmath.log(2)), dtype)
+        for x, got_hi, got_lo, shift in zip(w, np.asarray(hi), np.asarray(lo), np.asarray(k), strict=True)
     )
     assert worst <= 0.15, worst
 
@@ -76,8 +79,8 @@ def test_reduced_exp(dtype):
 @DTYPES
 @pytest.mark.parametrize("exponent", [0.3, 0.5, 0.999, 1.0, 1.7, 2.0, 3.0, 5.0, 7.25, -0.5, -0.999])
 def test_power(dtype, exponent):
-    """x**exponent within 0.2 eps (0.14 measured) for pairs x in (0, 1] where the result is far from underflow (x**exponent >=
-    tiny**(1/2)), mpmath at 50 digits on the exact pair."""
+    """x**exponent within 0.2 eps (0.14 measured) for pairs x in (0, 1] whose result is far from underflow
+    (x**exponent >= tiny**(1/2)), against mpmath at 50 digits on the exact pair."""
     mpmath.mp.dps = 50
     rng = np.random.default_rng(2)
     info = np.finfo(dtype)
@@ -87,9 +90,9 @@ def test_power(dtype, exponent):
     lo = (hi * rng.uniform(-0.5, 0.5, hi.size) * info.epsneg).astype(dtype)
     lo = np.where(hi == 1, 0, lo).astype(dtype)
     with jax.enable_x64(dtype == np.float64):
-        got_hi, got_lo = jax.jit(lambda h, l: dw.power((h, l), exponent))(hi, lo)
+        got_hi, got_lo = jax.jit(lambda *x: dw.power(x, exponent))(hi, lo)
     worst = max(
-        _relative_eps(gh, gl, (mpmath.mpf(float(h)) + mpmath.mpf(float(l))) ** exponent, dtype)
-        for h, l, gh, gl in zip(hi, lo, np.asarray(got_hi), np.asarray(got_lo), strict=True)
+        _relative_eps(gh, gl, _mpf(h, low) ** exponent, dtype)
+        for h, low, gh, gl in zip(hi, lo, np.asarray(got_hi), np.asarray(got_lo), strict=True)
     )
     assert worst <= 0.2, worst

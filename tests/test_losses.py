@@ -178,7 +178,17 @@ class GradientTest(parameterized.TestCase):
         self.w = rng.uniform(0.5, 2.0, size=(3, 4))
         self.p = rng.uniform(0.05, 0.95, size=(3, 4))
 
-    @parameterized.product(alpha=[0.25, None], gamma=[0.0, 0.5, 2.0, 1.7], label_smoothing=[0.0, 0.1])
+    # Every pair of (alpha, gamma) and (gamma, label_smoothing) values once: 8 of the 16 combinations.
+    @parameterized.parameters(
+        (0.25, 0.0, 0.0),
+        (None, 0.0, 0.1),
+        (0.25, 0.5, 0.1),
+        (None, 0.5, 0.0),
+        (0.25, 2.0, 0.0),
+        (None, 2.0, 0.1),
+        (0.25, 1.7, 0.1),
+        (None, 1.7, 0.0),
+    )
     def test_focal(self, alpha, gamma, label_smoothing):
         def loss(x, y, w):
             return jaxbce.sigmoid_focal_loss(
