@@ -191,10 +191,10 @@ def _reduced_log(x: Pair) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def _split_for_exponents(f: float, dtype) -> tuple[float, float]:
-    # f = f_hi + f_lo with f_hi short enough that f_hi * e is exact for every binary exponent e of the dtype
-    # (at most 11 bits in float64, 8 in float32).
+    # f = f_hi + f_lo with f_hi short enough that f_hi * e is exact for every binary exponent e of a normal
+    # number of the dtype (|e| < 2**nexp: 11 bits in float64, 8 in float32).
     info = np.finfo(dtype)
-    bits = info.nmant + 1 - (11 if info.nexp == 11 else 8)
+    bits = info.nmant + 1 - info.nexp
     mantissa, exponent = math.frexp(f)
     f_hi = math.ldexp(round(math.ldexp(mantissa, bits)), exponent - bits)
     return f_hi, f - f_hi
