@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed clean
+.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed bench-fused clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,22 +30,25 @@ test-gpu:
 	JAX_PLATFORMS=cuda,cpu .venv-gpu/bin/python -m pytest -p no:cacheprovider -q | tee tests/gpu-run.log
 
 docs: $(STAMP)
-	cp bench/results/speed-cpu.png docs/assets/speed-cpu.png
+	cp bench/results/*.png docs/assets/
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-accuracy bench-speed
+bench: bench-accuracy bench-speed bench-fused
 	$(BIN)/python bench/report.py
-	cp bench/results/speed-cpu.png docs/assets/speed-cpu.png
+	cp bench/results/*.png docs/assets/
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 
 bench-speed: $(STAMP)
 	$(BIN)/python bench/speed.py
+
+bench-fused: $(STAMP)
+	$(BIN)/python bench/fused.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

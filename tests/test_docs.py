@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -14,5 +16,21 @@ def test_docs_build_strict(tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     api = (tmp_path / "api" / "index.html").read_text()
-    for name in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss", "binary_kl_divergence", "checked"):
+    for name in (
+        "binary_cross_entropy_with_logits",
+        "sigmoid_focal_loss",
+        "binary_kl_divergence",
+        "checked",
+        "linear_binary_cross_entropy",
+    ):
         assert name in api
+
+
+def test_contract_page_is_in_step_with_the_specification():
+    """docs/contract.md carries the specification's text (its title aside); checked wherever the specification
+    sits beside the checkout, as it does for the developers and CI."""
+    spec = ROOT.parent / "shared" / "spec" / "API.md"
+    if not spec.exists():
+        pytest.skip("no shared/spec/API.md beside this checkout to compare with")
+    page = (ROOT / "docs" / "contract.md").read_text().splitlines()[1:]
+    assert page == spec.read_text().splitlines()[1:]

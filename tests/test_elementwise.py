@@ -13,7 +13,7 @@ from jaxbce import _elementwise, binary_cross_entropy_with_logits
 
 LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
 
-# Bounds in eps of the dtype, the contract's (see shared/spec/API.md, "Accuracy"): (loss, logits gradient)
+# Bounds in eps of the dtype, the contract's (docs/contract.md, "Accuracy"): (loss, logits gradient)
 # with plain labels and with pos_weight or label_smoothing; float64 is held to the same bounds in its own eps.
 BOUNDS = {"plain": (1.5, 1.5), "extra": (2.5, 2.5)}
 # (pos_weight, label_smoothing) settings: plain, and three that use the looser "extra" bound.

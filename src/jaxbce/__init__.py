@@ -1,8 +1,11 @@
 """jaxbce: numerically exact, fast binary cross-entropy losses for JAX.
 
-Every function is pure, jit-compiled, vmap-able and differentiable to any order in every array argument.
+Every function is pure, jit-compiled and vmap-able. The elementwise losses are differentiable to any order in
+every array argument; ``linear_binary_cross_entropy`` (the BCE fused with the last matmul) in reverse mode, to
+first order, in its parameters.
 """
 
+from jaxbce._linear import linear_binary_cross_entropy
 from jaxbce._losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -20,6 +23,7 @@ __all__ = [
     "binary_entropy",
     "binary_kl_divergence",
     "checked",
+    "linear_binary_cross_entropy",
     "sigmoid_focal_loss",
     "value_checks",
 ]

@@ -1,6 +1,6 @@
 """The public jaxbce losses: each names its arguments, picks an elementwise core and hands both to the pipeline.
 
-Shared semantics (see also ``shared/spec/API.md``):
+Shared semantics (the contract: ``docs/contract.md``):
 
 * ``labels`` (and ``target_logits``) must have exactly the shape of the first argument; ``weight``,
   ``pos_weight`` and ``where`` must broadcast to it. Violations are errors at trace time.
@@ -16,35 +16,13 @@ Shared semantics (see also ``shared/spec/API.md``):
 * ``label_smoothing``, ``alpha`` and ``gamma`` are static Python floats (one compilation per value).
 """
 
-import functools
-
 import jax
 
-from jaxbce import _elementwise, _pipeline
-from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss
+from jaxbce import _elementwise
+from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss, jit_loss
 
 
-def _jit(*options: str):
-    """jax.jit with ``axis``, ``reduction``, the loss's own Python-number options and whether value checks are
-    on (:func:`jaxbce.value_checks`, read when the call is traced) static."""
-
-    def decorate(loss):
-        def traced(*args, value_checks, **kwargs):
-            with _pipeline.value_checks(value_checks):
-                return loss(*args, **kwargs)
-
-        jitted = jax.jit(traced, static_argnames=(*options, "axis", "reduction", "value_checks"))
-
-        @functools.wraps(loss)
-        def call(*args, **kwargs):
-            return jitted(*args, value_checks=_pipeline.value_checks_enabled(), **kwargs)
-
-        return call
-
-    return decorate
-
-
-@_jit("label_smoothing")
+@jit_loss
 def binary_cross_entropy_with_logits(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -115,7 +93,7 @@ def binary_cross_entropy_with_logits(
     )
 
 
-@_jit("label_smoothing")
+@jit_loss
 def binary_cross_entropy(
     probs: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -173,7 +151,7 @@ def binary_cross_entropy(
     )
 
 
-@_jit("alpha", "gamma", "label_smoothing")
+@jit_loss
 def sigmoid_focal_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -244,7 +222,7 @@ def sigmoid_focal_loss(
     )
 
 
-@_jit()
+@jit_loss
 def binary_entropy(
     logits: jax.typing.ArrayLike,
     *,
@@ -284,7 +262,7 @@ def binary_entropy(
     )
 
 
-@_jit()
+@jit_loss
 def binary_kl_divergence(
     logits: jax.typing.ArrayLike,
     target_logits: jax.typing.ArrayLike,

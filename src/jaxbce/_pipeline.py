@@ -16,10 +16,11 @@ import contextvars
 import dataclasses
 import enum
 import functools
+import inspect
 import math
 import operator
+import typing
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from jax.experimental import checkify
 
 from jaxbce._double_word import rounded
 
-T = TypeVar("T")
+T = typing.TypeVar("T")
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 FLOATING_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 
@@ -61,7 +62,7 @@ def _describe_dtype(dtype) -> str:
     return np.dtype(dtype).name
 
 
-def _as_array(arg: Arg) -> jax.Array:
+def as_array(arg: Arg) -> jax.Array:
     try:
         return jnp.asarray(arg.value)
     except TypeError as error:
@@ -85,7 +86,23 @@ def _check_dtype(arg: Arg, array: jax.Array) -> None:
         raise TypeError(f"{arg.name} must have {expected}, got {_describe_dtype(dtype)}")
 
 
-def _check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
+def as_checked_array(arg: Arg) -> jax.Array:
+    """``arg``'s value as an array, with the dtype its role needs (else a ``TypeError`` naming it)."""
+    array = as_array(arg)
+    _check_dtype(arg, array)
+    return array
+
+
+def as_mask(where: jax.typing.ArrayLike, shape: tuple[int, ...], first_name: str) -> jax.Array:
+    """``where`` as a bool array that broadcasts to ``shape`` (else a ``TypeError`` or ``ValueError``)."""
+    keep = jnp.asarray(where)
+    if keep.dtype != np.bool_:
+        raise TypeError(f"where must be a bool array, got dtype {_describe_dtype(keep.dtype)}")
+    check_broadcasts("where", keep.shape, shape, first_name)
+    return keep
+
+
+def check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
     try:
         broadcast = np.broadcast_shapes(shape, target)
     except ValueError:
@@ -173,7 +190,7 @@ def value_checks(enabled: bool = True) -> Iterator[None]:
         _VALUE_CHECKS.reset(token)
 
 
-def _value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | None) -> None:
+def register_value_checks(name: str, role: Role, array: jax.Array, keep: jax.Array | None) -> None:
     """Checks on values, registered inside :func:`value_checks`; they report under checkify."""
     if not value_checks_enabled() or array.size == 0 or (role is Role.LABELS and array.dtype == np.bool_):
         return
@@ -226,8 +243,7 @@ def compute_loss(
     returns the per-element loss in the compute dtype.
     """
     first, *others = args
-    first_array = _as_array(first)
-    _check_dtype(first, first_array)
+    first_array = as_checked_array(first)
     shape, out_dtype = first_array.shape, first_array.dtype
     dtype = compute_dtype(out_dtype)
     check_reduction(reduction, axis)
@@ -238,10 +254,9 @@ def compute_loss(
         if arg.value is None:
             arrays.append(None)
             continue
-        array = _as_array(arg)
-        _check_dtype(arg, array)
+        array = as_checked_array(arg)
         if arg.role is Role.NON_NEGATIVE:
-            _check_broadcasts(arg.name, array.shape, shape, first.name)
+            check_broadcasts(arg.name, array.shape, shape, first.name)
         elif array.shape != shape:
             raise ValueError(
                 f"{arg.name} must have exactly the shape of {first.name}: got {arg.name} {array.shape} "
@@ -253,22 +268,16 @@ def compute_loss(
     weight_arg = Arg("weight", weight, Role.NON_NEGATIVE)
     weight_array = None
     if weight is not None:
-        weight_array = _as_array(weight_arg)
-        _check_dtype(weight_arg, weight_array)
-        _check_broadcasts("weight", weight_array.shape, shape, first.name)
+        weight_array = as_checked_array(weight_arg)
+        check_broadcasts("weight", weight_array.shape, shape, first.name)
 
-    keep = None
-    if where is not None:
-        keep = jnp.asarray(where)
-        if keep.dtype != np.bool_:
-            raise TypeError(f"where must be a bool array, got dtype {_describe_dtype(keep.dtype)}")
-        _check_broadcasts("where", keep.shape, shape, first.name)
+    keep = None if where is None else as_mask(where, shape, first.name)
 
     checked_args = [*args, weight_arg]
     checked_arrays = [*arrays, weight_array]
     for arg, array in zip(checked_args, checked_arrays, strict=True):
         if array is not None:
-            _value_checks(arg.name, arg.role, array, keep)
+            register_value_checks(arg.name, arg.role, array, keep)
 
     def prepare(array: jax.Array | None, masked_value: float) -> jax.Array | None:
         if array is None:
@@ -306,6 +315,29 @@ def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
         denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=loss.dtype)
     # A mean over nothing (no kept element, or zero total weight) is 0 with zero gradient, not 0/0.
     return total / jnp.where(denominator == 0, 1, denominator)
+
+
+def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
+    """``jax.jit`` of a public loss, with its keyword-only options that are not arrays (``axis``,
+    ``reduction``, ``label_smoothing``, ...; read from the signature) static, and whether value checks are on
+    (:func:`value_checks`, read when the call is traced) part of the cache key."""
+    static = tuple(
+        name
+        for name, parameter in inspect.signature(loss).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and jax.Array not in typing.get_args(parameter.annotation)
+    )
+
+    def traced(*args, checks_on, **kwargs):
+        with value_checks(checks_on):
+            return loss(*args, **kwargs)
+
+    jitted = jax.jit(traced, static_argnames=(*static, "checks_on"))
+
+    @functools.wraps(loss)
+    def call(*args, **kwargs):
+        return jitted(*args, checks_on=value_checks_enabled(), **kwargs)
+
+    return call
 
 
 def checked(fn: Callable[..., T]) -> Callable[..., T]:

@@ -1,0 +1,198 @@
+"""Memory and time of the fused linear + BCE loss against the materialised logits, side by side in one process.
+
+    python bench/fused.py [--quick]     # or: make bench-fused
+
+For each ``(batch, D, C)``, ``jax.jit(jax.value_and_grad(loss, argnums=(features, kernel, bias)))`` of
+
+* ``fused``: ``jaxbce.linear_binary_cross_entropy(features, kernel, labels, bias=bias)`` (or ``positives=``);
+* ``jaxbce``: ``jaxbce.binary_cross_entropy_with_logits(features @ kernel + bias, labels)``, the materialised
+  logits;
+* ``optax``: ``optax.sigmoid_binary_cross_entropy(features @ kernel + bias, labels).mean()``;
+* ``matmul floor``: ``sum(features @ kernel + bias)`` with its gradient: the three matmuls that any of them
+  must do, and nothing else.
+
+Memory is the compiled executable's ``memory_analysis()`` (argument, output and temporary bytes), so it is
+measured even where running the materialised form would not fit. Times are medians of repeated runs after a
+warm-up, for the sizes where every form fits comfortably in memory. Dense labels are bool; the sparse rows
+pass ``positives`` with ``P`` class indices per example (power-law class frequencies) and give the
+materialised forms the dense bool labels those indices mean. Writes ``bench/results/fused-<backend>.json``
+and ``.png``.
+"""
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxbce
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# (batch, D, C, P): P is None for dense labels.
+SHAPES = [
+    (1024, 256, 2**14, None),
+    (1024, 256, 2**16, None),
+    (1024, 256, 2**16, 32),
+    (1024, 128, 2**18, None),
+    (1024, 128, 2**20, None),
+    (1024, 128, 2**20, 32),
+]
+# Run (not only compile) a form only while its peak (argument + output + temp) stays below this.
+RUN_LIMIT_BYTES = 6 * 2**30
+
+
+def _inputs(batch, dim, classes, positives_per_row, seed=0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(batch, dim)).astype(np.float32)
+    kernel = (rng.normal(size=(dim, classes)) / np.sqrt(dim)).astype(np.float32)
+    bias = np.full((classes,), -4.0, np.float32)
+    if positives_per_row is None:
+        return features, kernel, bias, rng.uniform(size=(batch, classes)) < 0.01, None
+    # Zipf-like class frequencies, as in extreme multi-label data sets.
+    weights = 1.0 / np.arange(1, classes + 1)
+    picks = rng.choice(classes, size=(batch, positives_per_row), p=weights / weights.sum())
+    picks[:, positives_per_row // 2 :][rng.uniform(size=(batch, positives_per_row - positives_per_row // 2)) < 0.5] = -1
+    return features, kernel, bias, None, picks.astype(np.int32)
+
+
+def _forms(sparse: bool):
+    """name -> loss(features, kernel, bias, targets); targets are the positives for the sparse fused form and
+    dense bool labels otherwise."""
+
+    def fused(f, k, b, targets):
+        if sparse:
+            return jaxbce.linear_binary_cross_entropy(f, k, positives=targets, bias=b)
+        return jaxbce.linear_binary_cross_entropy(f, k, targets, bias=b)
+
+    def materialised(f, k, b, labels):
+        return jaxbce.binary_cross_entropy_with_logits(f @ k + b, labels)
+
+    def optax_form(f, k, b, labels):
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(f @ k + b, labels.astype(jnp.float32)))
+
+    def floor(f, k, b, labels):
+        return jnp.sum(f @ k + b)
+
+    return {"fused": fused, "jaxbce": materialised, "optax": optax_form, "matmul floor": floor}
+
+
+def _dense_of(positives, classes):
+    rows = jnp.broadcast_to(jnp.arange(positives.shape[0])[:, None], positives.shape)
+    index = jnp.where(positives >= 0, positives, classes)
+    return jnp.zeros((positives.shape[0], classes), jnp.bool_).at[rows, index].set(True, mode="drop")
+
+
+def _memory(compiled) -> dict:
+    analysis = compiled.memory_analysis()
+    out = {
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }
+    out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+    return out
+
+
+def _median_seconds(compiled, args, repeats) -> float:
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(shapes, repeats: int) -> list[dict]:
+    rows = []
+    for batch, dim, classes, positives_per_row in shapes:
+        features, kernel, bias, labels, positives = _inputs(batch, dim, classes, positives_per_row)
+        dense = None if positives is None else _dense_of(jnp.asarray(positives), classes)
+        args = (jnp.asarray(features), jnp.asarray(kernel), jnp.asarray(bias))
+        row = {"batch": batch, "dim": dim, "classes": classes, "positives_per_row": positives_per_row, "forms": {}}
+        for name, loss in _forms(sparse=positives is not None).items():
+            targets = jnp.asarray(positives if name == "fused" and positives is not None else
+                                  (labels if positives is None else dense))  # fmt: skip
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            compiled = step.lower(*args, targets).compile()
+            entry = _memory(compiled)
+            if entry["total_bytes"] < RUN_LIMIT_BYTES:
+                entry["seconds"] = _median_seconds(compiled, (*args, targets), repeats)
+            row["forms"][name] = entry
+            del compiled
+            print(batch, dim, classes, positives_per_row, name, entry, flush=True)
+        fused = row["forms"]["fused"]
+        ratios = {
+            "fused temp / (argument + output)": fused["temp_bytes"] / (fused["argument_bytes"] + fused["output_bytes"]),
+            "jaxbce total / fused total": row["forms"]["jaxbce"]["total_bytes"] / fused["total_bytes"],
+            "optax total / fused total": row["forms"]["optax"]["total_bytes"] / fused["total_bytes"],
+        }
+        for peer in ("jaxbce", "optax", "matmul floor"):
+            if "seconds" in fused and "seconds" in row["forms"][peer]:
+                ratios[f"fused time / {peer} time"] = fused["seconds"] / row["forms"][peer]["seconds"]
+        row["ratios"] = ratios
+        print(json.dumps(ratios, indent=1), flush=True)
+        rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['batch']}x{r['dim']}x2^{int(np.log2(r['classes']))}" + (" sparse" if r["positives_per_row"] else "")
+              for r in rows]  # fmt: skip
+    positions = np.arange(len(rows))
+    names = ("fused", "jaxbce", "optax", "matmul floor")
+    for offset, name in enumerate(names):
+        memory = [r["forms"][name]["total_bytes"] / 2**30 for r in rows]
+        memory_axis.bar(positions + 0.2 * offset, memory, width=0.2, label=name)
+        seconds = [r["forms"][name].get("seconds", np.nan) for r in rows]
+        time_axis.bar(positions + 0.2 * offset, seconds, width=0.2, label=name)
+    for axis, title in ((memory_axis, "peak bytes of value_and_grad (GiB)"), (time_axis, "seconds per step")):
+        axis.set_xticks(positions + 0.3, labels, rotation=30, ha="right", fontsize=8)
+        axis.set_yscale("log")
+        axis.set_title(title)
+    memory_axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the two smallest shapes, few repeats (smoke test)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", help="comma-separated indices into SHAPES: rerun only these rows and replace "
+                        "them in the existing JSON (e.g. after a run disturbed by other work)")  # fmt: skip
+    args = parser.parse_args()
+    backend = jax.default_backend()
+    out = ROOT / "bench" / "results" / f"fused-{backend}{'-quick' if args.quick else ''}.json"
+    if args.rows:
+        indices = [int(i) for i in args.rows.split(",")]
+        rows = json.loads(out.read_text())["rows"]
+        for index, row in zip(indices, run([SHAPES[i] for i in indices], repeats=args.repeats), strict=True):
+            rows[index] = row
+    else:
+        rows = run(SHAPES[:2] if args.quick else SHAPES, repeats=2 if args.quick else args.repeats)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {backend}, {jax.device_count()} device(s)",
+        "versions": {"jax": jax.__version__, "optax": optax.__version__},
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

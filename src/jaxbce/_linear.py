@@ -1,0 +1,471 @@
+"""Binary cross-entropy fused with the last linear layer: the ``(..., C)`` logits never exist.
+
+Why chunks. With C in the hundreds of thousands the logits ``features @ kernel + bias``, their labels and
+their gradient are the largest arrays of a train step, larger than the model. Here the classes are visited in
+chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fed to the elementwise BCE core
+(``_elementwise.bce_with_logits``, the same function and ``custom_jvp`` rule as
+:func:`jaxbce.binary_cross_entropy_with_logits`) and dropped, so no array of size batch x C is ever held.
+
+Why the gradients are formed in the forward pass. A ``jax.custom_vjp`` supplies the derivatives. For a
+scalar loss (``"sum"``, ``"mean"``, ``"batchmean"``) the cotangent is one number, so the forward pass of
+the VJP computes each chunk's gradient at once (as Liger Kernel does): three matmuls per chunk (logits,
+``d features``, ``d kernel``) instead of the four of a backward pass that recomputes the logits, and the
+backward pass only scales. A primal call that is not differentiated runs the value-only loop (one matmul
+per chunk). For ``reduction="none"`` the cotangent is one number per example, so the backward pass runs the
+same gradient loop with those numbers as the per-example scale (four matmuls per chunk in all).
+
+Why strided chunks. Chunk ``j`` holds the classes ``j, j + n, j + 2n, ...`` (``n`` chunks): the kernel
+``(D, C)`` is viewed as ``(D, chunk, n)`` (a free reshape) and the loop indexes its last axis. When the kernel
+is sharded over classes, every chunk then spans all class shards, and GSPMD partitions each step without
+moving the kernel; with contiguous blocks each step would slice a sharded axis and all-gather it.
+"""
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+from jax.experimental import checkify
+
+from jaxbce import _elementwise, _pipeline
+from jaxbce._pipeline import Arg, Role, check_fraction, jit_loss
+
+REDUCTIONS = ("none", "sum", "mean", "batchmean")
+
+# A chunk's float32 logits and their gradient are about this many elements each: 8 MiB, small next to a
+# kernel worth chunking, and large enough that each matmul runs at full speed (2^21 / 1024 rows = 2048
+# classes per chunk).
+_CHUNK_ELEMENTS = 2**21
+# Below this many classes a matmul chunk is too thin to run at full speed.
+_MIN_CHUNK = 256
+
+
+class _Layout(NamedTuple):
+    classes: int  # C
+    chunk: int  # classes per chunk
+    chunks: int  # n; chunk * chunks >= C, and chunk j holds the classes j + n * i
+
+    @property
+    def padding(self) -> int:
+        return self.chunk * self.chunks - self.classes
+
+
+class _Config(NamedTuple):
+    """What the loop needs besides arrays: static and hashable."""
+
+    layout: _Layout
+    label_smoothing: float
+    precision: Any
+    dtype: np.dtype  # compute dtype of logits, losses and gradients
+
+
+class _Parameters(NamedTuple):
+    """The differentiable arrays, classes laid out as ``(..., chunk, chunks)``."""
+
+    features: jax.Array  # (N, D), masked rows zeroed
+    kernel: jax.Array  # (D, chunk, chunks)
+    bias: jax.Array | None  # (chunk, chunks)
+    pos_weight: jax.Array | None  # (chunk, chunks)
+
+
+class _Targets(NamedTuple):
+    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row mask."""
+
+    labels: jax.Array | None
+    positives: jax.Array | None
+    keep: jax.Array | None  # (N,) bool
+
+
+def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
+    if chunk_size is None:
+        target = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
+        chunks = -(-classes // target)
+        # Prefer a number of chunks that divides C (no padded copy of the kernel), at most halving the chunk.
+        chunks = next((n for n in range(chunks, 2 * chunks + 1) if classes % n == 0), chunks)
+    else:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
+        chunks = -(-classes // chunk_size)
+    chunks = max(chunks, 1)
+    return _Layout(classes, -(-classes // chunks), chunks)
+
+
+def _by_chunk(array: jax.Array, layout: _Layout, fill=0) -> jax.Array:
+    """``(..., C)`` as ``(..., chunk, chunks)``; a copy padded with ``fill`` only where C is not a multiple."""
+    if layout.padding:
+        array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, layout.padding)], constant_values=fill)
+    return array.reshape(*array.shape[:-1], layout.chunk, layout.chunks)
+
+
+def _take(array: jax.Array | None, j: jax.Array) -> jax.Array | None:
+    """Chunk ``j`` of an array laid out by ``_by_chunk``."""
+    return None if array is None else jax.lax.dynamic_index_in_dim(array, j, axis=-1, keepdims=False)
+
+
+def _put(array: jax.Array, chunk: jax.Array, j: jax.Array) -> jax.Array:
+    """``array`` with chunk ``j`` replaced by ``chunk`` (in place inside the loop)."""
+    return jax.lax.dynamic_update_index_in_dim(array, chunk.astype(array.dtype), j, axis=-1)
+
+
+def _dot(config: _Config, a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    dimensions = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
+
+
+def _chunk_labels(targets: _Targets, j: jax.Array, config: _Config) -> jax.Array:
+    layout = config.layout
+    if targets.labels is not None:
+        labels = _take(targets.labels, j).astype(config.dtype)
+        # Masked rows may hold NaN labels (padding); the core sees 0 there, as in the elementwise losses.
+        return labels if targets.keep is None else jnp.where(targets.keep[:, None], labels, 0)
+    positives = targets.positives
+    here = (positives >= 0) & (positives % layout.chunks == j)
+    index = jnp.where(here, positives // layout.chunks, layout.chunk)  # out of bounds: dropped
+    # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
+    # indices); a repeated class is set twice, counted once.
+    zeros = jnp.zeros((layout.chunk,), config.dtype)
+    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index)
+
+
+def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, config: _Config):
+    """Logits, labels, pos_weight and class mask (None without padding) of chunk ``j``."""
+    logits = _dot(config, parameters.features, _take(parameters.kernel, j), contract=(1, 0))
+    if parameters.bias is not None:
+        logits = logits + _take(parameters.bias, j).astype(config.dtype)
+    pos_weight = _take(parameters.pos_weight, j)
+    pos_weight = None if pos_weight is None else pos_weight.astype(config.dtype)
+    valid = None
+    if config.layout.padding:
+        valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
+    return logits, _chunk_labels(targets, j, config), pos_weight, valid
+
+
+def _elementwise_loss(config: _Config, logits, labels, pos_weight, valid) -> jax.Array:
+    loss = _elementwise.bce_with_logits(logits, labels, pos_weight, config.label_smoothing)
+    return loss if valid is None else jnp.where(valid, loss, 0)
+
+
+def _zeros(shape, dtype, *inputs) -> jax.Array:
+    """Zeros that vary over the ``shard_map`` axes that any of ``inputs`` varies over (``zeros_like`` keeps
+    them; outside ``shard_map`` there are none): a loop carry must have the type of what the body makes of it."""
+    zero = sum(jnp.zeros_like(leaf, dtype=dtype, shape=()) for leaf in jax.tree.leaves(inputs))
+    return jnp.zeros(shape, dtype) + zero
+
+
+def _vary_together(tree, *inputs):
+    """``tree`` with each leaf varying over every ``shard_map`` axis that ``inputs`` vary over. Inside
+    ``shard_map`` with the classes local, the features are the same on every class shard while the kernel
+    is not; adding zeros outside the ``custom_vjp`` lets JAX's autodiff sum the features' gradient over the
+    class shards (the transpose of that implicit broadcast), as it would for the materialised logits.
+    Everywhere else the zeros are constants that XLA removes."""
+    return jax.tree.map(lambda leaf: leaf + _zeros((), leaf.dtype, *inputs), tree)
+
+
+def _row_losses_value(config: _Config, parameters: _Parameters, targets: _Targets) -> jax.Array:
+    """Per-row sums over classes of the loss, one matmul per chunk."""
+
+    def step(j, rows):
+        logits, labels, pos_weight, valid = _chunk_inputs(parameters, targets, j, config)
+        return rows + _elementwise_loss(config, logits, labels, pos_weight, valid).sum(axis=-1)
+
+    initial = _zeros(parameters.features.shape[:1], config.dtype, parameters, targets)
+    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
+
+
+def _row_losses_and_gradients(
+    config: _Config, parameters: _Parameters, targets: _Targets, row_scale: jax.Array, wanted: _Parameters
+) -> tuple[jax.Array, _Parameters]:
+    """Per-row losses and the gradients of ``sum(row_scale * row_losses)`` in the parameters that ``wanted``
+    marks True (None for the others), chunk by chunk."""
+    features, kernel = parameters.features, parameters.kernel
+
+    def step(j, carry):
+        rows, gradients = carry
+        logits, labels, pos_weight, valid = _chunk_inputs(parameters, targets, j, config)
+
+        def scaled_sum(x, pw):
+            loss = _elementwise_loss(config, x, labels, pw, valid)
+            return jnp.sum(row_scale[:, None] * loss), loss.sum(axis=-1)
+
+        total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, has_aux=True)
+        d_logits, d_pos_weight = pullback(jnp.ones_like(total))
+        if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
+            d_features = _dot(config, d_logits, _take(kernel, j), contract=(1, 1))
+            gradients = gradients._replace(features=gradients.features + d_features)
+        if gradients.kernel is not None:  # features.T @ d_logits, this chunk's columns
+            gradients = gradients._replace(kernel=_put(gradients.kernel, _dot(config, features, d_logits, (0, 0)), j))
+        if gradients.bias is not None:
+            gradients = gradients._replace(bias=_put(gradients.bias, d_logits.sum(axis=0), j))
+        if gradients.pos_weight is not None:
+            gradients = gradients._replace(pos_weight=_put(gradients.pos_weight, d_pos_weight, j))
+        return rows + chunk_rows, gradients
+
+    def zeros_like(name: str, array: jax.Array | None):
+        if array is None or not getattr(wanted, name):
+            return None
+        return _zeros(array.shape, config.dtype if name == "features" else array.dtype, parameters, targets, row_scale)
+
+    initial = (
+        _zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
+        _Parameters(*(zeros_like(name, a) for name, a in zip(_Parameters._fields, parameters, strict=True))),
+    )
+    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
+
+
+def _weighted_rows(row_scale: jax.Array, rows: jax.Array) -> jax.Array:
+    # A zero scale (zero weight, masked row) removes its row even where its loss is infinite (0 * inf is 0).
+    return row_scale * jnp.where((row_scale == 0) & jnp.isinf(rows), 0, rows)
+
+
+def _weighted_sum(row_scale: jax.Array, rows: jax.Array) -> jax.Array:
+    return jnp.sum(_weighted_rows(row_scale, rows))
+
+
+def _unwrap(tree):
+    """Values and ``perturbed`` flags of the ``CustomVJPPrimal`` leaves that ``symbolic_zeros`` hands ``fwd``."""
+    is_primal = lambda leaf: hasattr(leaf, "perturbed")  # noqa: E731
+    values = jax.tree.map(lambda p: p.value, tree, is_leaf=is_primal)
+    perturbed = jax.tree.map(lambda p: p.perturbed, tree, is_leaf=is_primal)
+    return values, perturbed
+
+
+def _reject_label_gradients(targets_perturbed: _Targets) -> None:
+    if any(jax.tree.leaves(targets_perturbed)):
+        raise ValueError(
+            "linear_binary_cross_entropy does not differentiate its labels, positives or where; "
+            "wrap them in jax.lax.stop_gradient (labels are data here)"
+        )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets, row_scale: jax.Array) -> jax.Array:
+    """``sum(row_scale * row_losses)``: the scalar reductions."""
+    return _weighted_sum(row_scale, _row_losses_value(config, parameters, targets))
+
+
+def _weighted_total_fwd(config, parameters, targets, row_scale):
+    (parameters, wanted), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
+    _reject_label_gradients(targets_perturbed)
+    rows, gradients = _row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
+    return _weighted_sum(row_scale.value, rows), (gradients, rows)
+
+
+def _weighted_total_bwd(config, residuals, cotangent):
+    gradients, rows = residuals
+    if isinstance(cotangent, SymbolicZero):
+        cotangent = jnp.zeros((), config.dtype)
+    scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), gradients)
+    return scaled, None, cotangent * rows
+
+
+_weighted_total.defvjp(_weighted_total_fwd, _weighted_total_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _row_losses(config: _Config, parameters: _Parameters, targets: _Targets) -> jax.Array:
+    """The per-row losses: ``reduction="none"``."""
+    return _row_losses_value(config, parameters, targets)
+
+
+def _row_losses_fwd(config, parameters, targets):
+    (parameters, _), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
+    _reject_label_gradients(targets_perturbed)
+    return _row_losses_value(config, parameters, targets), (parameters, targets)
+
+
+def _row_losses_bwd(config, residuals, cotangent):
+    parameters, targets = residuals
+    if isinstance(cotangent, SymbolicZero):
+        cotangent = jnp.zeros(parameters.features.shape[:1], config.dtype)
+    every = _Parameters(True, True, True, True)
+    _, gradients = _row_losses_and_gradients(config, parameters, targets, cotangent, every)
+    return gradients, None
+
+
+_row_losses.defvjp(_row_losses_fwd, _row_losses_bwd, symbolic_zeros=True)
+
+
+@jit_loss
+def linear_binary_cross_entropy(
+    features: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    positives: jax.typing.ArrayLike | None = None,
+    bias: jax.typing.ArrayLike | None = None,
+    weight: jax.typing.ArrayLike | None = None,
+    pos_weight: jax.typing.ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """Binary cross-entropy of the logits ``features @ kernel + bias``, without ever forming them.
+
+    Equal to ``binary_cross_entropy_with_logits(features @ kernel + bias, dense_labels, ...)`` summed over
+    classes, but computed over chunks of classes inside one loop (see the module notes in
+    ``jaxbce/_linear.py``), so that neither the ``(..., C)`` logits, nor their gradient, nor dense labels built
+    from ``positives`` ever exist, in the forward or the backward pass. Per element the loss is that of
+    :func:`binary_cross_entropy_with_logits`, from the same exact core and gradient rule:
+
+        loss[n] = w[n] * sum_c (pw[c] * y[n, c] * softplus(-z[n, c]) + (1 - y[n, c]) * softplus(z[n, c]))
+        z = features @ kernel + bias
+
+    The matmuls accumulate in float32 (``preferred_element_type``; float64 under x64) and the logits stay in
+    float32 even for bfloat16 inputs, so 16-bit inputs get the loss of float32 logits (the materialised
+    computation would round the logits to 16 bits first). Memory beyond the arguments and the outputs is a
+    few arrays of ``rows x chunk`` and, for ``C`` not a multiple of the number of chunks, one padded copy of
+    the kernel (and of dense labels): pick a ``C`` with small factors, or a ``chunk_size`` that divides it.
+
+    Args:
+      features: ``(..., D)`` float16, bfloat16, float32 or float64: the last hidden layer.
+      kernel: ``(D, C)`` real floating, the Flax ``Dense``/``Linear`` layout.
+      labels: dense labels ``(..., C)`` in [0, 1] (floating, integer or bool; soft labels allowed). Exactly
+        one of ``labels`` and ``positives``.
+      positives: sparse labels ``(..., P)``, integer class indices padded with ``-1``: the listed classes are
+        1, all others 0, and a repeated index counts once. Indices outside ``[-1, C)`` are ignored (and
+        reported by the value checks, :func:`jaxbce.checked`).
+      bias: optional ``(C,)`` real floating.
+      weight: optional non-negative per-example weight broadcastable to ``features.shape[:-1]``.
+      pos_weight: optional non-negative weight of the positive term, a scalar or ``(C,)``.
+      label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
+      where: optional per-example bool mask broadcastable to ``features.shape[:-1]``; False examples
+        contribute exactly 0 to the value and every gradient, even if their features or labels are NaN.
+      reduction: ``"none"`` (the per-example loss summed over classes, shape ``features.shape[:-1]``, 0 where
+        masked), ``"sum"``, ``"mean"`` (default; divides by kept examples times ``C``, what the materialised
+        ``binary_cross_entropy_with_logits`` gives) or ``"batchmean"`` (divides by kept examples: the sum
+        over classes, mean over examples). A mean over nothing is 0 with zero gradient.
+      chunk_size: static number of classes per chunk (at most; the chunks are equal). None picks it from the
+        shapes: about 2^21 logits per chunk, at least 256 classes, preferring a number of chunks that divides
+        ``C``. When the kernel is sharded over ``S`` devices along classes, a chunk that is a multiple of
+        ``S`` keeps every step local.
+      precision: static ``jax.lax.Precision`` of the matmuls (forward and backward), as for ``jnp.dot``.
+
+    Returns:
+      The loss in the promoted dtype of ``features`` and ``kernel``: a scalar, or ``features.shape[:-1]`` for
+      ``"none"``.
+
+    Gradients: reverse mode (``jax.grad``, ``jax.vjp``) in ``features``, ``kernel``, ``bias``, ``pos_weight``
+    and ``weight``, equal to the materialised computation's to float32 summation-order rounding; they are
+    formed chunk by chunk (for the scalar reductions in the forward pass of the VJP, three matmuls per chunk).
+    ``labels``, ``positives`` and ``where`` are data: differentiating with respect to them is a
+    ``ValueError``. Forward mode (``jax.jvp``, ``jax.jacfwd``, hence ``jax.hessian``) is not supported (a
+    ``jax.custom_vjp``; JAX raises a ``TypeError``); use the materialised loss for Hessians.
+
+    Raises:
+      TypeError: a floating argument of another dtype, integer-free ``positives``, non-bool ``where``.
+      ValueError: both or neither of ``labels`` and ``positives``; ``kernel`` not ``(D, C)`` for the
+        ``D`` of ``features``; ``labels`` not ``(..., C)``; ``bias``, ``pos_weight``, ``weight`` or ``where``
+        of a wrong shape; unknown ``reduction``; bad ``chunk_size`` or ``label_smoothing``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxbce
+      >>> features = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+      >>> kernel = jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+      >>> positives = jnp.array([[0, -1], [2, 1]])  # row 0: class 0; row 1: classes 2 and 1
+      >>> jaxbce.linear_binary_cross_entropy(features, kernel, positives=positives)
+      Array(0.6109767, dtype=float32)
+      >>> jaxbce.binary_cross_entropy_with_logits(features @ kernel, jnp.array([[1, 0, 0], [0, 1, 1]]))
+      Array(0.6109767, dtype=float32)
+      >>> jaxbce.linear_binary_cross_entropy(features, kernel, positives=positives, reduction="none")
+      Array([1.0245588, 2.6413012], dtype=float32)
+    """
+    label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        valid = ", ".join(repr(r) for r in REDUCTIONS)
+        raise ValueError(f"reduction must be one of {valid}; got {reduction!r}")
+    features = _pipeline.as_checked_array(Arg("features", features, Role.LOGITS))
+    kernel = _pipeline.as_checked_array(Arg("kernel", kernel, Role.LOGITS))
+    if features.ndim < 1:
+        raise ValueError("features must have shape (..., D), got a scalar")
+    if kernel.ndim != 2 or kernel.shape[0] != features.shape[-1]:
+        raise ValueError(
+            f"kernel must have shape (D, C) with D = features.shape[-1] = {features.shape[-1]}, got kernel "
+            f"{kernel.shape} and features {features.shape}"
+        )
+    batch, classes = features.shape[:-1], kernel.shape[1]
+    out_dtype = jnp.result_type(features.dtype, kernel.dtype)
+    dtype = _pipeline.compute_dtype(out_dtype)
+
+    if (labels is None) == (positives is None):
+        raise ValueError("pass exactly one of labels (dense, (..., C)) and positives (sparse, (..., P))")
+    if labels is not None:
+        labels = _pipeline.as_checked_array(Arg("labels", labels, Role.LABELS))
+        if labels.shape != (*batch, classes):
+            raise ValueError(
+                f"labels must have shape features.shape[:-1] + (C,) = {(*batch, classes)}, got {labels.shape}"
+            )
+    else:
+        positives = _pipeline.as_array(Arg("positives", positives, Role.LABELS))
+        if not jnp.issubdtype(positives.dtype, jnp.integer):
+            raise TypeError(f"positives must have an integer dtype, got {positives.dtype}")
+        if positives.ndim != len(batch) + 1 or positives.shape[:-1] != batch:
+            raise ValueError(
+                f"positives must have shape features.shape[:-1] + (P,) = {(*batch, 'P')}, got {positives.shape}"
+            )
+    if bias is not None:
+        bias = _pipeline.as_checked_array(Arg("bias", bias, Role.LOGITS))
+        if bias.shape != (classes,):
+            raise ValueError(f"bias must have shape (C,) = {(classes,)}, got {bias.shape}")
+    if pos_weight is not None:
+        pos_weight = _pipeline.as_checked_array(Arg("pos_weight", pos_weight, Role.NON_NEGATIVE))
+        _pipeline.check_broadcasts("pos_weight", pos_weight.shape, (classes,), "the classes (C,)")
+    if weight is not None:
+        weight = _pipeline.as_checked_array(Arg("weight", weight, Role.NON_NEGATIVE))
+        _pipeline.check_broadcasts("weight", weight.shape, batch, "features.shape[:-1]")
+    keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
+
+    if _pipeline.value_checks_enabled():
+        example_keep = None if keep is None else keep[..., None]
+        for name, role, array, mask in (
+            ("features", Role.LOGITS, features, example_keep),
+            ("labels", Role.LABELS, labels, example_keep),
+            ("weight", Role.NON_NEGATIVE, weight, keep),
+            ("pos_weight", Role.NON_NEGATIVE, pos_weight, None),
+        ):
+            if array is not None:
+                _pipeline.register_value_checks(name, role, array, mask)
+        if positives is not None:
+            ok = (positives >= -1) & (positives < classes)
+            if keep is not None:
+                ok = ok | ~keep[..., None]
+            checkify.debug_check(jnp.all(ok), f"positives must be class indices in [-1, {classes}) (-1: padding)")
+
+    rows = math.prod(batch)
+    layout = _choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
+    flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
+    flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
+    if flat_keep is not None:
+        flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
+    parameters = _Parameters(
+        features=flat_features,
+        kernel=_by_chunk(kernel, layout),
+        bias=None if bias is None else _by_chunk(bias.astype(dtype), layout),
+        pos_weight=None
+        if pos_weight is None
+        else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
+    )
+    targets = _Targets(
+        labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),
+        positives=None if positives is None else positives.reshape(rows, positives.shape[-1]),
+        keep=flat_keep,
+    )
+    config = _Config(layout, label_smoothing, precision, dtype)
+
+    example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
+    if keep is not None:
+        example_weight = jnp.where(keep, example_weight, 0)
+    example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
+    parameters = _vary_together(parameters, parameters, targets)
+    if reduction == "none":
+        losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
+        return losses.reshape(batch).astype(out_dtype)
+    kept = rows if keep is None else jnp.sum(flat_keep, dtype=dtype)
+    denominator = {"sum": 1, "mean": kept * classes, "batchmean": kept}[reduction]
+    denominator = jnp.asarray(denominator, dtype)
+    row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
+    return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)
