@@ -25,9 +25,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import report  # noqa: E402  (bench/report.py, beside this script)
 
 import jaxbce  # noqa: E402
 import reference  # noqa: E402
+from jaxbce._registry import LOSSES  # noqa: E402
 
 LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
 F32 = np.float32
@@ -259,6 +261,9 @@ def main():
         "binary_cross_entropy": probability_bce_table(),
         **entropy_and_kl_table(),
     }
+    missing = set(LOSSES) - set(results)
+    if missing:
+        raise SystemExit(f"registered losses without an accuracy table here: {sorted(missing)}")
     out = ROOT / "bench" / "results" / "accuracy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -266,32 +271,9 @@ def main():
     print(f"\nwrote {out.relative_to(ROOT)}")
 
 
-def _fmt(value):
-    if value is None:
-        return f"{'–':>12}"  # not measured in this setting (no hard labels once smoothed)
-    return f"{value:>12.3g}" if np.isfinite(value) else f"{'inf':>12}"
-
-
 def print_tables(results):
-    print(f"float32 accuracy in eps against mpmath (50 digits), {results['date']}, {results['versions']}")
-    for setting, table in results["binary_cross_entropy_with_logits"]["settings"].items():
-        print(f"\nbinary_cross_entropy_with_logits, {setting}")
-        print(f"{'':<26}{'loss':>12}{'grad hard':>12}{'grad soft':>12}{'non-finite':>12}")
-        for name, row in table.items():
-            cells = "".join(_fmt(row.get(k)) for k in ("loss", "grad_hard", "grad_soft"))
-            print(f"{name:<26}{cells}{row['nonfinite']:>12}")
-    focal = results["sigmoid_focal_loss"]["settings"]
-    sections = (
-        *((f"sigmoid_focal_loss, {setting}", table) for setting, table in focal.items()),
-        ("binary_cross_entropy (probabilities)", results["binary_cross_entropy"]),
-        ("binary_entropy", results["binary_entropy"]),
-        ("binary_kl_divergence", results["binary_kl_divergence"]),
-    )
-    for title, table in sections:
-        print(f"\n{title}")
-        print(f"{'':<26}{'loss':>12}{'grad':>12}{'non-finite':>12}")
-        for name, row in table.items():
-            print(f"{name:<26}{_fmt(row['loss'])}{_fmt(row['grad'])}{row['nonfinite']:>12}")
+    # The same tables as docs/benchmarks.md (bench/report.py renders both), as Markdown.
+    print("\n".join(report.accuracy_section(results)))
 
 
 if __name__ == "__main__":

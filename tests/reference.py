@@ -140,3 +140,69 @@ def binary_kl_divergence(x, t):
         return kl, _sigmoid(x) - q, -q * _sigmoid(-t) * (_mpf(x) - _mpf(t))
 
     return _elementwise(one, x, t)
+
+
+def _bce_with_logits_scalar(x, y, pos_weight=None, *, label_smoothing=0.0):
+    ys = _smoothed(y, label_smoothing) if label_smoothing else _mpf(y)
+    pw = 1 if pos_weight is None else _mpf(pos_weight)
+    return pw * ys * mpmath.log1p(mpmath.exp(-_mpf(x))) + (1 - ys) * mpmath.log1p(mpmath.exp(_mpf(x)))
+
+
+def _bce_with_probabilities_scalar(p, y, *, label_smoothing=0.0):
+    ys, p = _smoothed(y, label_smoothing) if label_smoothing else _mpf(y), _mpf(p)
+    log_p = max(mpmath.log(p), -100) if p > 0 else _mpf(-100)
+    log_not_p = max(mpmath.log1p(-p), -100) if p < 1 else _mpf(-100)
+    return -(ys * log_p + (1 - ys) * log_not_p)
+
+
+def _sigmoid_focal_scalar(x, y, *, alpha, gamma, label_smoothing=0.0):
+    x, ys = _mpf(x), _smoothed(y, label_smoothing) if label_smoothing else _mpf(y)
+    sig = 1 / (1 + mpmath.exp(-x))
+    q = ys * (1 - sig) + (1 - ys) * sig
+    alpha_t = 1 if alpha is None else alpha * ys + (1 - _mpf(alpha)) * (1 - ys)
+    ce = ys * mpmath.log1p(mpmath.exp(-x)) + (1 - ys) * mpmath.log1p(mpmath.exp(x))
+    return alpha_t * q**gamma * ce
+
+
+def _binary_entropy_scalar(x):
+    p, not_p = 1 / (1 + mpmath.exp(-_mpf(x))), 1 / (1 + mpmath.exp(_mpf(x)))
+    return -p * mpmath.log(p) - not_p * mpmath.log(not_p)
+
+
+def _binary_kl_divergence_scalar(x, t):
+    x, t = _mpf(x), _mpf(t)
+    q = 1 / (1 + mpmath.exp(-t))
+    return mpmath.log1p(mpmath.exp(x)) - mpmath.log1p(mpmath.exp(t)) - q * (x - t)
+
+
+# The losses as scalar functions of mpmath numbers (arrays in the registry's order, then keyword options), for
+# derivatives of any order by mpmath.diff; keyed by the registry's ``reference`` names.
+SCALAR = {
+    "bce_with_logits": _bce_with_logits_scalar,
+    "bce_with_probabilities": _bce_with_probabilities_scalar,
+    "sigmoid_focal": _sigmoid_focal_scalar,
+    "binary_entropy": _binary_entropy_scalar,
+    "binary_kl_divergence": _binary_kl_divergence_scalar,
+}
+
+
+def derivative(name, arrays, argnum, order, options):
+    """The ``order``-th derivative of the loss ``name`` in its array argument ``argnum`` at ``arrays`` (a list of
+    floats, None for an absent optional one), by mpmath.diff at 50 digits; one-sided at the ends of [0, 1]
+    for labels and probabilities (``argnum`` > 0 or a probability)."""
+    function = SCALAR[name]
+
+    def along(v):
+        values = list(arrays)
+        values[argnum] = v
+        return function(*values, **options)
+
+    point = _mpf(arrays[argnum])
+    bounded = name == "bce_with_probabilities" or (argnum == 1 and name != "binary_kl_divergence")
+    if bounded and point in (0, 1):
+        # One-sided, with a step far below the smallest float64 (q = 1 - p_t can be 1e-308 at a hard label,
+        # and the stencil has to stay where q changes little): 400-digit steps at 1300 digits.
+        with mpmath.workdps(1300):
+            step = _mpf(10) ** -400
+            return +mpmath.diff(along, point, order, h=step, direction=1 if point == 0 else -1)
+    return mpmath.diff(along, point, order)

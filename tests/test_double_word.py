@@ -90,7 +90,7 @@ def test_power(dtype, exponent):
     lo = (hi * rng.uniform(-0.5, 0.5, hi.size) * info.epsneg).astype(dtype)
     lo = np.where(hi == 1, 0, lo).astype(dtype)
     with jax.enable_x64(dtype == np.float64):
-        got_hi, got_lo = jax.jit(lambda *x: dw.power(x, exponent))(hi, lo)
+        got_hi, got_lo = jax.jit(lambda *x: dw.power(dw.Pair(*x), exponent))(hi, lo)
     worst = max(
         _relative_eps(gh, gl, _mpf(h, low) ** exponent, dtype)
         for h, low, gh, gl in zip(hi, lo, np.asarray(got_hi), np.asarray(got_lo), strict=True)

@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 import reference
-from jaxbce import _elementwise, binary_cross_entropy_with_logits
+from jaxbce import _numerics, binary_cross_entropy_with_logits
 
 LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
 
@@ -166,10 +166,10 @@ def test_softplus_and_sigmoid_helpers():
     x32 = np.linspace(-100, 100, 4001, dtype=np.float32)
     x64 = x32.astype(np.float64)
     tolerance = {"rtol": 2 * 2**-23, "atol": np.finfo(np.float32).tiny}  # XLA may flush subnormals
-    np.testing.assert_allclose(_elementwise.softplus(x32), np.logaddexp(x64, 0), **tolerance)
+    np.testing.assert_allclose(_numerics.softplus(x32), np.logaddexp(x64, 0), **tolerance)
     sig = np.exp(-np.logaddexp(0, -x64))
-    np.testing.assert_allclose(_elementwise.sigmoid(x32), sig, **tolerance)
-    np.testing.assert_allclose(jax.vmap(jax.grad(_elementwise.softplus))(x32), sig, **tolerance)
+    np.testing.assert_allclose(_numerics.sigmoid(x32), sig, **tolerance)
+    np.testing.assert_allclose(jax.vmap(jax.grad(_numerics.softplus))(x32), sig, **tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -178,7 +178,7 @@ def test_sigmoid_pair_is_within_a_tenth_of_an_eps(dtype):
     (sigmoid >= 2**p * tiny; below, the pair degrades towards one number of the dtype)."""
     x = -np.abs(reference.logit_grid(dtype, dense=401, log_points=300, tail=241))
     with jax.enable_x64(dtype == np.float64):
-        hi, lo = (np.asarray(v) for v in jax.jit(_elementwise._sigmoid_pair)(x))
+        hi, lo = (np.asarray(v) for v in jax.jit(_numerics.sigmoid_pair)(x))
     worst = 0.0
     for xi, h, low in zip(x, hi, lo, strict=True):
         exact = reference.sigmoid_exact(xi)

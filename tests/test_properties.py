@@ -16,9 +16,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import jaxbce
+from jaxbce._registry import LOSSES
 
 # The public losses: every name of the API defined in jaxbce._losses (not the value-check helpers).
-FUNCTIONS = tuple(name for name in jaxbce.__all__ if getattr(jaxbce, name).__module__ == "jaxbce._losses")
+FUNCTIONS = tuple(LOSSES)  # every registered elementwise loss
 DTYPES = (np.float16, jnp.bfloat16, np.float32, np.float64)
 # (shape, broadcastable shapes for weight / pos_weight / where): scalars, 0-size and ragged broadcasts.
 # One broadcast shape per example serves weight, pos_weight and where, which keeps the number of distinct

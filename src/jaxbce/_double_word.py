@@ -17,12 +17,18 @@ without XLA's ``exp`` and ``log``, so that their accuracy does not depend on the
 
 import fractions
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Pair = tuple[jax.Array, jax.Array]
+
+class Pair(NamedTuple):
+    """The number ``hi + lo``, unevaluated."""
+
+    hi: jax.Array
+    lo: jax.Array
 
 
 def rounded(value: jax.Array) -> jax.Array:
@@ -35,14 +41,14 @@ def rounded(value: jax.Array) -> jax.Array:
 def fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
     """a + b = hi + lo exactly, for |a| >= |b| (or a = 0)."""
     hi = rounded(a + b)
-    return hi, b - (hi - a)
+    return Pair(hi, b - (hi - a))
 
 
 def two_sum(a: jax.Array, b: jax.Array) -> Pair:
     """a + b = hi + lo exactly, for any a and b."""
     hi = rounded(a + b)
     b_part = rounded(hi - a)
-    return hi, (a - (hi - b_part)) + (b - b_part)
+    return Pair(hi, (a - (hi - b_part)) + (b - b_part))
 
 
 def _split(a: jax.Array) -> Pair:
@@ -69,14 +75,14 @@ def two_product(a: jax.Array, b: jax.Array) -> Pair:
     a_hi, a_lo = _split(a)
     b_hi, b_lo = _split(b)
     error = ((a_hi * b_hi - jnp.where(small, hi * scale, hi)) + (a_hi * b_lo + a_lo * b_hi)) + a_lo * b_lo
-    return hi, jnp.where(small, error * (1 / scale), error)
+    return Pair(hi, jnp.where(small, error * (1 / scale), error))
 
 
 def constant(value: float | fractions.Fraction, dtype) -> Pair:
     """The static ``value`` (exactly as given) as a pair of numbers of ``dtype``."""
     exact = fractions.Fraction(value)
     hi = np.asarray(float(exact), dtype)
-    return jnp.asarray(hi), jnp.asarray(float(exact - fractions.Fraction(float(hi))), dtype)
+    return Pair(jnp.asarray(hi), jnp.asarray(float(exact - fractions.Fraction(float(hi))), dtype))
 
 
 def add(x: Pair, y: Pair) -> Pair:
@@ -86,53 +92,57 @@ def add(x: Pair, y: Pair) -> Pair:
 
 
 def negative(x: Pair) -> Pair:
-    return -x[0], -x[1]
+    return Pair(-x.hi, -x.lo)
 
 
 def multiply(x: Pair, y: Pair | jax.Array) -> Pair:
     """x * y (y a pair or a single number), within about 3 eps**2 relative."""
-    y_hi, y_lo = y if isinstance(y, tuple) else (y, None)
+    y_hi, y_lo = y if isinstance(y, Pair) else (y, None)
     hi, lo = two_product(x[0], y_hi)
     cross = x[1] * y_hi if y_lo is None else x[0] * y_lo + x[1] * y_hi
     return fast_two_sum(hi, lo + cross)
 
 
 def select(condition: jax.Array, x: Pair, y: Pair) -> Pair:
-    return jnp.where(condition, x[0], y[0]), jnp.where(condition, x[1], y[1])
+    return Pair(jnp.where(condition, x.hi, y.hi), jnp.where(condition, x.lo, y.lo))
 
 
 def value(x: Pair) -> jax.Array:
     """hi + lo, rounded once."""
-    return x[0] + x[1]
+    return x.hi + x.lo
 
 
-# Cody-Waite reduction for exp(w) = m * 2**k: ln2 = hi + lo with k * hi exact, the lowest argument worth
-# computing (below it exp underflows to 0), the Taylor degree that reaches 0.05 eps on |r| <= ln2 / 2, and the
-# integer type, mantissa width and exponent bias that build 2**k from bits.
+class _ExpReduction(NamedTuple):
+    """Cody-Waite reduction for exp(w) = m * 2**k in one dtype."""
+
+    ln2_hi: float  # ln2 = ln2_hi + ln2_lo, with k * ln2_hi exact for every k that occurs
+    ln2_lo: float
+    lowest: float  # the lowest argument worth computing: below it exp underflows to 0
+    degree: int  # the Taylor degree that reaches 0.05 eps on |r| <= ln2 / 2
+    int_type: type  # the integer type, mantissa width and exponent bias that build 2**k from bits
+    mantissa_bits: int
+    bias: int
+
+
 _EXP_REDUCTION = {
-    np.dtype(np.float32): (0.693359375, -2.12194440e-4, -170.0, 7, np.int32, 23, 127),
-    np.dtype(np.float64): (
-        6.93147180369123816490e-01,
-        1.90821492927058770002e-10,
-        -1400.0,
-        13,
-        np.int64,
-        52,
-        1023,
+    np.dtype(np.float32): _ExpReduction(0.693359375, -2.12194440e-4, -170.0, 7, np.int32, 23, 127),
+    np.dtype(np.float64): _ExpReduction(
+        6.93147180369123816490e-01, 1.90821492927058770002e-10, -1400.0, 13, np.int64, 52, 1023
     ),
 }
 
 
 def _power_of_two(k: jax.Array, dtype) -> jax.Array:
-    *_, int_type, mantissa_bits, bias = _EXP_REDUCTION[np.dtype(dtype)]
-    return jax.lax.bitcast_convert_type((k.astype(int_type) + bias) << mantissa_bits, dtype)
+    reduction = _EXP_REDUCTION[np.dtype(dtype)]
+    bits = (k.astype(reduction.int_type) + reduction.bias) << reduction.mantissa_bits
+    return jax.lax.bitcast_convert_type(bits, dtype)
 
 
 def times_power_of_two(number, k: jax.Array):
     """number (one or a pair) * 2**k as two normal powers of two, so that a normal result is exact even where
     2**k is not."""
-    if isinstance(number, tuple):
-        return times_power_of_two(number[0], k), times_power_of_two(number[1], k)
+    if isinstance(number, Pair):
+        return Pair(times_power_of_two(number.hi, k), times_power_of_two(number.lo, k))
     k1 = jnp.floor(0.5 * k)
     return (number * _power_of_two(k1, number.dtype)) * _power_of_two(k - k1, number.dtype)
 
@@ -232,4 +242,4 @@ def power(x: Pair, exponent: float) -> Pair:
     if fraction:
         part = _fractional_power(x, fraction)
         result = part if result is None else multiply(result, part)
-    return (jnp.ones_like(x[0]), jnp.zeros_like(x[0])) if result is None else result
+    return Pair(jnp.ones_like(x.hi), jnp.zeros_like(x.hi)) if result is None else result

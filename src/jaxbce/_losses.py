@@ -1,4 +1,6 @@
-"""The public jaxbce losses: each names its arguments, picks an elementwise core and hands both to the pipeline.
+"""The public elementwise losses. Each is registered once (:func:`jaxbce._registry.loss`) with its arrays'
+roles, its core, its static options' sample values, its reference and its peers; its body checks its static
+options and returns the core specialised to them, and the registry runs the pipeline.
 
 Shared semantics (the contract: ``docs/contract.md``):
 
@@ -16,13 +18,26 @@ Shared semantics (the contract: ``docs/contract.md``):
 * ``label_smoothing``, ``alpha`` and ``gamma`` are static Python floats (one compilation per value).
 """
 
+import functools
+
 import jax
 
-from jaxbce import _elementwise
-from jaxbce._pipeline import Arg, Role, check_fraction, compute_loss, jit_loss
+from jaxbce import _elementwise, _focal
+from jaxbce._pipeline import Role, check_fraction
+from jaxbce._registry import loss
 
 
-@jit_loss
+@loss(
+    arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
+    core=_elementwise.bce_with_logits,
+    options={"label_smoothing": (0.0, 0.1)},
+    reference="bce_with_logits",
+    peers=(
+        "optax.sigmoid_binary_cross_entropy",
+        "torch.nn.functional.binary_cross_entropy_with_logits",
+        "keras.losses.binary_crossentropy",
+    ),
+)
 def binary_cross_entropy_with_logits(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -49,16 +64,9 @@ def binary_cross_entropy_with_logits(
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
       labels: array of shape exactly ``S`` (floating, integer or bool), values in [0, 1]; soft labels allowed.
-      weight: optional non-negative weight broadcastable to ``S`` (PyTorch's ``weight``): multiplies each
-        element's loss.
       pos_weight: optional non-negative weight of the positive term broadcastable to ``S`` (PyTorch's
         ``pos_weight``; a shape ``(C,)`` applies per class along the last axis). ``pw > 1`` raises recall.
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
-      where: optional bool mask broadcastable to ``S``; False elements contribute exactly 0 to the value and
-        to every gradient, even if their logits or labels are NaN or inf.
-      axis: axes to reduce (None: all). With ``reduction="mean", axis=-1`` you get one loss per example.
-      reduction: ``"none"``, ``"sum"``, ``"mean"`` (default; divides by the number of kept elements) or
-        ``"weighted_mean"`` (divides by the sum of kept weights).
 
     Returns:
       The loss in the dtype of ``logits``: shape ``S`` for ``"none"``, else ``S`` without the reduced axes.
@@ -79,21 +87,16 @@ def binary_cross_entropy_with_logits(
       Array(0.41703066, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return compute_loss(
-        lambda x, y, pw: _elementwise.bce_with_logits(x, y, pw, label_smoothing),
-        [
-            Arg("logits", logits, Role.LOGITS),
-            Arg("labels", labels, Role.LABELS),
-            Arg("pos_weight", pos_weight, Role.NON_NEGATIVE),
-        ],
-        weight=weight,
-        where=where,
-        axis=axis,
-        reduction=reduction,
-    )
+    return lambda x, y, pw: _elementwise.bce_with_logits(x, y, pw, label_smoothing)
 
 
-@jit_loss
+@loss(
+    arrays={"probs": Role.PROBABILITIES, "labels": Role.LABELS},
+    core=_elementwise.bce_with_probabilities,
+    options={"label_smoothing": (0.0, 0.1)},
+    reference="bce_with_probabilities",
+    peers=("torch.nn.functional.binary_cross_entropy", "keras.losses.binary_crossentropy(from_logits=False)"),
+)
 def binary_cross_entropy(
     probs: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -119,11 +122,7 @@ def binary_cross_entropy(
     Args:
       probs: float16, bfloat16, float32 or float64 probabilities in [0, 1], of any shape ``S``.
       labels: array of shape exactly ``S`` (floating, integer or bool) in [0, 1].
-      weight: optional non-negative weight broadcastable to ``S``.
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2``.
-      where: optional bool mask broadcastable to ``S``; False elements contribute exactly 0 everywhere.
-      axis: axes to reduce (None: all).
-      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"`` (see the module docs).
 
     Returns:
       The loss in the dtype of ``probs``.
@@ -141,17 +140,16 @@ def binary_cross_entropy(
       Array([  0.10536055, 100.        ,   0.22314355], dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return compute_loss(
-        lambda p, y: _elementwise.bce_with_probabilities(p, y, label_smoothing),
-        [Arg("probs", probs, Role.PROBABILITIES), Arg("labels", labels, Role.LABELS)],
-        weight=weight,
-        where=where,
-        axis=axis,
-        reduction=reduction,
-    )
+    return functools.partial(_elementwise.bce_with_probabilities, label_smoothing=label_smoothing)
 
 
-@jit_loss
+@loss(
+    arrays={"logits": Role.LOGITS, "labels": Role.LABELS},
+    core=_focal.sigmoid_focal,
+    options={"alpha": (0.25, None, 0.5), "gamma": (2.0, 0.0, 0.5, 1.7), "label_smoothing": (0.0, 0.1)},
+    reference="sigmoid_focal",
+    peers=("optax.sigmoid_focal_loss", "torchvision.ops.sigmoid_focal_loss", "keras.losses.binary_focal_crossentropy"),
+)
 def sigmoid_focal_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -176,10 +174,14 @@ def sigmoid_focal_loss(
     of the compute dtype (double-word arithmetic, about twice its precision), and only the product with
     ``bce`` is rounded: loss and logits gradient stay within 2 eps of the exact values for every ``gamma``
     (measured in float32 over gamma in [0, 5]: 1.4 and 1.25 eps). Derivatives of second and higher order are
-    those of the plain formula (a few eps). Values, gradients and Hessians are finite for every
-    ``gamma >= 0`` at logits of +-1e3 and beyond, including ``gamma = 0`` (plain weighted BCE), where
-    ``(1 - p_t)**gamma`` under autodiff gives NaN. Soft labels are allowed (``p_t`` as above, as in
-    torchvision).
+    those of the plain formula, written with ``d log(1 - p_t) / dx``, which is bounded, so that derivatives of
+    orders 1 to 3 in the logits are finite for every ``gamma >= 0`` and every logit up to +-1e4 and beyond
+    (``(1 - p_t)**gamma`` under autodiff gives NaN at ``gamma = 0`` and inf * 0 where ``1 - p_t`` is tiny).
+    Derivatives in the labels are finite to third order for ``gamma = 0`` and ``gamma >= 1``; for
+    ``0 < gamma < 1`` those of orders 2 and 3 at a hard label grow like ``(1 - p_t)**(gamma - 1)`` as the logit
+    saturates, and beyond |x| of about 30 (float32) or 300 (float64) they overflow (inf or NaN).
+    Soft labels are allowed (``p_t`` as above, as in torchvision). The default reduction is
+    ``"mean"``; torchvision's is ``"none"``.
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
@@ -187,13 +189,8 @@ def sigmoid_focal_loss(
       alpha: static weight of the positive class in [0, 1], or None to turn ``alpha_t`` off (torchvision's
         ``alpha=-1``).
       gamma: static focusing parameter ``>= 0``.
-      weight: optional non-negative weight broadcastable to ``S``.
       label_smoothing: static float ``s`` in [0, 1], applied to the labels before ``p_t`` and ``alpha_t`` (Keras
         ``BinaryFocalCrossentropy(apply_class_balancing=True)`` does the same).
-      where: optional bool mask broadcastable to ``S``.
-      axis: axes to reduce (None: all).
-      reduction: ``"none"``, ``"sum"``, ``"mean"`` (default; torchvision's default is ``"none"``) or
-        ``"weighted_mean"``.
 
     Returns:
       The loss in the dtype of ``logits``.
@@ -212,17 +209,15 @@ def sigmoid_focal_loss(
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
         raise ValueError(f"gamma must be a Python float >= 0, got {gamma!r}")
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return compute_loss(
-        lambda x, y: _elementwise.sigmoid_focal(x, y, alpha, float(gamma), label_smoothing),
-        [Arg("logits", logits, Role.LOGITS), Arg("labels", labels, Role.LABELS)],
-        weight=weight,
-        where=where,
-        axis=axis,
-        reduction=reduction,
-    )
+    return lambda x, y: _focal.sigmoid_focal(x, y, alpha, float(gamma), label_smoothing)
 
 
-@jit_loss
+@loss(
+    arrays={"logits": Role.LOGITS},
+    core=_elementwise.binary_entropy,
+    reference="binary_entropy",
+    peers=("the textbook -p log p - (1 - p) log(1 - p)",),
+)
 def binary_entropy(
     logits: jax.typing.ArrayLike,
     *,
@@ -240,9 +235,6 @@ def binary_entropy(
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
-      where: optional bool mask broadcastable to ``S``.
-      axis: axes to reduce (None: all).
-      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"`` (no weights here: the same as mean).
 
     Returns:
       The entropy in the dtype of ``logits``.
@@ -252,17 +244,15 @@ def binary_entropy(
       >>> jaxbce.binary_entropy(jnp.array([0.0, 5.0, -50.0]), reduction="none")
       Array([6.9314718e-01, 4.0179603e-02, 9.8366250e-21], dtype=float32)
     """
-    return compute_loss(
-        _elementwise.binary_entropy,
-        [Arg("logits", logits, Role.LOGITS)],
-        weight=None,
-        where=where,
-        axis=axis,
-        reduction=reduction,
-    )
+    return _elementwise.binary_entropy
 
 
-@jit_loss
+@loss(
+    arrays={"logits": Role.LOGITS, "target_logits": Role.LOGITS},
+    core=_elementwise.binary_kl_divergence,
+    reference="binary_kl_divergence",
+    peers=("the textbook softplus(x) - softplus(t) - sigmoid(t) (x - t)",),
+)
 def binary_kl_divergence(
     logits: jax.typing.ArrayLike,
     target_logits: jax.typing.ArrayLike,
@@ -286,10 +276,6 @@ def binary_kl_divergence(
     Args:
       logits: student logits, float16, bfloat16, float32 or float64, of any shape ``S``.
       target_logits: teacher logits of shape exactly ``S`` (real floating).
-      weight: optional non-negative weight broadcastable to ``S``.
-      where: optional bool mask broadcastable to ``S``.
-      axis: axes to reduce (None: all).
-      reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"weighted_mean"``.
 
     Returns:
       The divergence in the dtype of ``logits``.
@@ -299,11 +285,4 @@ def binary_kl_divergence(
       >>> jaxbce.binary_kl_divergence(jnp.array([2.0, 0.0]), jnp.array([2.0, 1e-3]), reduction="none")
       Array([0.0000000e+00, 1.2499999e-07], dtype=float32)
     """
-    return compute_loss(
-        _elementwise.binary_kl_divergence,
-        [Arg("logits", logits, Role.LOGITS), Arg("target_logits", target_logits, Role.LOGITS)],
-        weight=weight,
-        where=where,
-        axis=axis,
-        reduction=reduction,
-    )
+    return _elementwise.binary_kl_divergence

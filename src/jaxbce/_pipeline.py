@@ -104,7 +104,7 @@ def as_mask(where: jax.typing.ArrayLike, shape: tuple[int, ...], first_name: str
 
 def check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
     try:
-        broadcast = np.broadcast_shapes(shape, target)
+        broadcast = jnp.broadcast_shapes(shape, target)
     except ValueError:
         broadcast = None
     if broadcast != target:
@@ -201,7 +201,7 @@ def register_value_checks(name: str, role: Role, array: jax.Array, keep: jax.Arr
         checks.append((jnp.isnan(array) | (array >= 0), "must be non-negative"))
     # The mask excuses elements of arrays that have the full shape; a smaller array (a per-class pos_weight)
     # is a parameter, checked whole.
-    if keep is not None and np.broadcast_shapes(keep.shape, array.shape) != array.shape:
+    if keep is not None and jnp.broadcast_shapes(keep.shape, array.shape) != array.shape:
         keep = None
     for ok, requirement in checks:
         if keep is not None:

@@ -1,0 +1,209 @@
+"""The sigmoid focal loss (Lin et al., RetinaNet): value and logits gradient in double-word arithmetic,
+higher derivatives from a plain form in which every factor stays bounded.
+
+Why two forms: in plain float32, ``1 - p_t`` comes out within about 1 eps and ``(1 - p_t)**gamma`` multiplies
+that by ``gamma`` (more again for a fractional ``gamma``), so the value and the gradient are formed from
+double-word pairs (``_focal_terms``) and rounded once. Derivatives of order two and up are those of the plain
+form (:func:`jaxbce._numerics.corrected`), written with ``r = d log q / dx`` (q = 1 - p_t) rather than with
+``q**(gamma - 1)``: the power overflows where q is tiny but normal (``q**-1.5`` at q = 1e-26), and its product
+with a tiny ``q'`` made the Hessian -inf or NaN at hard labels and |logits| around 50 (gamma = 0.5). ``r`` is
+in [-1, 1] and so are its derivatives, so every order in the logits stays finite.
+"""
+
+import fractions
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbce import _double_word as dw
+from jaxbce._elementwise import bce_coefficients, bce_with_logits
+from jaxbce._numerics import (
+    corrected,
+    define_partials,
+    neg_abs,
+    sigmoid,
+    sigmoid_nonpositive,
+    sigmoid_pair,
+    smoothed_labels,
+    times,
+    zero_times,
+)
+
+
+def _q(x, positive, negative):
+    """q = 1 - p_t = positive * sigmoid(-x) + negative * sigmoid(x), a sum of non-negative terms."""
+    return positive * sigmoid(-x) + negative * sigmoid(x)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _q_power(x: jax.Array, positive: jax.Array, negative: jax.Array, exponent: float) -> jax.Array:
+    """q**exponent in plain arithmetic: exact to rounding for multiples of 1/2 (products and a square root),
+    ``exp(exponent * log q)`` otherwise (about |exponent * log q| / 2 eps). Its value only enters derivatives
+    of order two and up (the value and gradient of the loss come from pairs).
+
+    At q = 0 (q below the smallest normal number) a negative power is taken as 0, not inf: it only ever
+    multiplies terms that vanish there, and an inf would turn reverse-mode products into inf * 0 = NaN.
+    """
+    q = _q(x, positive, negative)
+    safe = jnp.where(q < np.finfo(q.dtype).tiny, 1, q)
+    # A negative power as the reciprocal of a positive one: q**-1.5 as q**-2 * q**0.5 would overflow first.
+    magnitude = abs(exponent)
+    whole, fraction = math.floor(magnitude), magnitude - math.floor(magnitude)
+    power = jax.lax.integer_pow(safe, whole) if whole else jnp.ones_like(q)
+    if fraction == 0.5:
+        power = power * jnp.sqrt(safe)
+    elif fraction:
+        power = power * jnp.exp(fraction * jnp.log(safe))
+    return jnp.where(safe == q, power if exponent >= 0 else 1 / power, 0.0 if exponent else 1.0)
+
+
+@define_partials(_q_power)
+def _q_power_partials(exponent, x, positive, negative):
+    # In x, exponent q**exponent r with r = (log q)' bounded (see the module docs); in the labels,
+    # exponent q**(exponent - 1) dq, with dq = sigmoid(-x) d positive + sigmoid(x) d negative.
+    def d_logits():
+        return exponent * _q_power(x, positive, negative, exponent) * _log_q_slope(x, positive, negative)
+
+    def d_positive():
+        return exponent * _q_power(x, positive, negative, exponent - 1) * sigmoid(-x)
+
+    def d_negative():
+        return exponent * _q_power(x, positive, negative, exponent - 1) * sigmoid(x)
+
+    return d_logits, d_positive, d_negative
+
+
+@jax.custom_jvp
+def _log_q_slope(x: jax.Array, positive: jax.Array, negative: jax.Array) -> jax.Array:
+    """r = d log(q) / dx = (negative - positive) sigmoid(x) sigmoid(-x) / q, in [-1, 1].
+
+    Where q is below the smallest normal number (a label within about that of 0 or 1, and a saturated logit)
+    r is the hard label's limit: sigmoid(-x) for x <= 0, -sigmoid(x) for x > 0.
+    """
+    q = _q(x, positive, negative)
+    underflow = q < np.finfo(x.dtype).tiny
+    ratio = (negative - positive) * (sigmoid(x) / jnp.where(underflow, 1, q)) * sigmoid(-x)
+    return jnp.where(underflow, jnp.where(x > 0, -sigmoid(x), sigmoid(-x)), ratio)
+
+
+@define_partials(_log_q_slope)
+def _log_q_slope_partials(x, positive, negative):
+    def d_logits():
+        # r' = q'' / q - r**2 with q'' = q' (sigmoid(-x) - sigmoid(x)).
+        r = _log_q_slope(x, positive, negative)
+        return r * (sigmoid(-x) - sigmoid(x) - r)
+
+    def curvature():
+        # sigmoid(x) sigmoid(-x) / q**2: d r / d positive = -negative * this, d r / d negative = positive * this.
+        return sigmoid(x) * sigmoid(-x) * _q_power(x, positive, negative, -2.0)
+
+    return d_logits, lambda: -negative * curvature(), lambda: positive * curvature()
+
+
+def _alpha_t(alpha, positive, negative):
+    return None if alpha is None else alpha * positive + (1 - alpha) * negative
+
+
+class _FocalTerms(NamedTuple):
+    factor: dw.Pair  # (1 - p_t)**gamma
+    d_factor: dw.Pair | None  # its derivative in x (None for gamma = 0)
+    d_ce: dw.Pair  # the derivative of bce in x, sigmoid(x) - y_s
+    alpha_t: dw.Pair | None
+
+
+def _focal_terms(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+    """The parts of the focal loss and of its derivative in x as pairs (``_double_word``), each within a small
+    fraction of an eps.
+
+    Plain arithmetic is not enough here: q = 1 - p_t = y_s sigmoid(-x) + (1 - y_s) sigmoid(x) comes out within
+    about 1 eps, and q**gamma multiplies that by gamma (and exp(f log q) by f |log q| for fractional
+    exponents). As pairs, the labels 1 - y and y_s are exact, sigmoid is within 0.1 eps, and powers are
+    evaluated by ``_double_word.power``; q below the smallest normal number counts as 0.
+    """
+    dtype = x.dtype
+    positive, negative = dw.Pair(y, jnp.zeros_like(y)), dw.fast_two_sum(jnp.ones_like(y), -y)
+    if label_smoothing:
+        keep = dw.constant(1 - fractions.Fraction(label_smoothing), dtype)
+        half = dw.constant(fractions.Fraction(label_smoothing) / 2, dtype)
+        positive, negative = dw.add(dw.multiply(keep, y), half), dw.add(dw.multiply(keep, negative), half)
+    zero, one = dw.Pair(jnp.zeros_like(x), jnp.zeros_like(x)), dw.Pair(jnp.ones_like(x), jnp.zeros_like(x))
+    small = sigmoid_pair(neg_abs(x))  # sigmoid(-|x|)
+    large = dw.add(one, dw.negative(small))  # sigmoid(|x|)
+    above = x > 0
+    sigmoid_x, sigmoid_minus_x = dw.select(above, large, small), dw.select(above, small, large)
+    q = dw.add(dw.multiply(positive, sigmoid_minus_x), dw.multiply(negative, sigmoid_x))
+    is_zero = q.hi < np.finfo(dtype).tiny
+    safe_q = dw.select(is_zero, one, q)
+    factor = dw.select(is_zero, zero if gamma else one, dw.power(safe_q, gamma))
+    d_factor = None
+    if gamma:
+        # gamma q**(gamma - 1) q' with q' = (1 - 2 y_s) sigmoid(x) sigmoid(-x); 0 where q is.
+        d_q = dw.multiply(dw.add(negative, dw.negative(positive)), dw.multiply(small, large))
+        d_factor = dw.multiply(dw.multiply(dw.power(safe_q, gamma - 1), d_q), dw.constant(gamma, dtype))
+        d_factor = dw.select(is_zero, zero, d_factor)
+    alpha_t = None
+    if alpha is not None:
+        alpha_t = dw.add(
+            dw.multiply(positive, dw.constant(alpha, dtype)),
+            dw.multiply(negative, dw.constant(1 - fractions.Fraction(alpha), dtype)),
+        )
+    return _FocalTerms(factor, d_factor, dw.add(sigmoid_x, dw.negative(positive)), alpha_t)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+    """alpha_t * (1 - p_t)**gamma * bce(x, y) (torchvision / RetinaNet, soft labels allowed): the product of
+    the pair factors (``_focal_terms``) and bce is rounded once."""
+    ce = bce_with_logits(x, y, None, label_smoothing)
+    terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
+    scale = terms.factor if terms.alpha_t is None else dw.multiply(terms.factor, terms.alpha_t)
+    # An infinite bce (an infinite logit against its label) times a zero factor is 0.
+    return jnp.where(jnp.isinf(ce), zero_times(scale.hi, ce), dw.value(dw.multiply(scale, ce)))
+
+
+@define_partials(sigmoid_focal)
+def _sigmoid_focal_partials(alpha, gamma, label_smoothing, x, y):
+    positive, negative = smoothed_labels(y, label_smoothing)
+    ce = bce_with_logits(x, y, None, label_smoothing)
+    alpha_t = _alpha_t(alpha, positive, negative)
+    factor = _q_power(x, positive, negative, gamma) if gamma else jnp.ones_like(x)
+
+    def product_rule(d_factor, d_ce):
+        # (factor * ce)' = factor' ce + factor ce', with 0 * inf = 0 on both sides: factor' = 0 where ce is
+        # infinite (infinite logits), and factor = 0 where ce' is infinite.
+        d = zero_times(factor, d_ce)
+        if gamma:
+            d = d + zero_times(d_factor(), ce)
+        return times(alpha_t, d)
+
+    def d_logits():
+        s = sigmoid_nonpositive(neg_abs(x))
+        d_ce = jnp.where(x > 0, 1, -1) * (bce_coefficients(x, y, None, label_smoothing)[0] - s)
+        plain = product_rule(lambda: gamma * factor * _log_q_slope(x, positive, negative), d_ce)
+        # The value from pairs (one rounding at the end). Both terms are scaled up by 2**-exponent so that the
+        # factor is in [1, 2) (it is at most 1), and neither term is flushed to zero as a subnormal number
+        # where the result is a normal one.
+        terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
+        exponent = jnp.frexp(terms.factor.hi)[1].astype(x.dtype) - 1
+        d = dw.multiply(dw.times_power_of_two(terms.factor, -exponent), terms.d_ce)
+        if gamma:
+            d = dw.add(d, dw.multiply(dw.times_power_of_two(terms.d_factor, -exponent), ce))
+        if alpha is not None:
+            d = dw.multiply(d, terms.alpha_t)
+        # ce is infinite at infinite x.
+        accurate = jnp.where(jnp.isfinite(x), dw.times_power_of_two(dw.value(d), exponent), plain)
+        return corrected(plain, accurate)
+
+    def d_labels():
+        # d/dy_s, then dy_s/dy = 1 - s: factor' = gamma q**(gamma - 1) (sigmoid(-x) - sigmoid(x)), ce' = -x,
+        # alpha_t' = 2 alpha - 1.
+        d = product_rule(lambda: gamma * _q_power(x, positive, negative, gamma - 1) * (sigmoid(-x) - sigmoid(x)), -x)
+        if alpha is not None:
+            d = d + (2 * alpha - 1) * zero_times(factor, ce)
+        return d * (1 - label_smoothing)
+
+    return d_logits, d_labels

@@ -1,0 +1,222 @@
+"""The numerics every jaxbce core is built from: softplus and sigmoid of a non-positive argument, exact in
+their tails, and the two conventions of the cores' ``custom_jvp`` rules (:func:`define_partials`,
+:func:`corrected`).
+
+Two building blocks carry the numerics:
+
+* ``softplus(-|x|) = log1p(exp(-|x|))``, which lies in (0, log 2]. For |x| >= 1 XLA's ``log1p`` is accurate
+  to 0.5 eps; for |x| < 1 (where XLA's ``log1p`` is off by up to 1.4 eps) it is evaluated as
+  ``(log2_hi - |x|/2) + (log2_lo + log(cosh(x/2)))``, a sum of two non-negative parts with no cancellation,
+  the second a polynomial in x**2 fitted by ``scripts/fit_softplus_poly.py``.
+* ``sigmoid(-|x|) = e / (1 + e)`` with the same ``e = exp(-|x|)``: a quotient of positive numbers, within
+  1.35 eps for every x, including the tails where ``sigmoid(x)`` rounds to 1; where its value is the result
+  (gradients, ``sigmoid``, the focal factor) it is a double-word pair (``_double_word``) within 0.1 eps.
+
+Every loss is then a sum of non-negative terms in those two quantities, and every rule's tangent is a stable
+expression that JAX can differentiate again, so derivatives of every order stay finite and accurate to a few
+eps (the measured bounds are in tests/test_derivatives.py and bench/results/accuracy.json).
+"""
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+from jaxbce import _double_word as dw
+
+# log(cosh(a / 2)) = z * h(z) with z = a**2 on 0 <= a <= 1, h a polynomial (lowest degree first) fitted in the
+# Chebyshev sense at 50 digits by scripts/fit_softplus_poly.py; relative fit error 2.4e-9 and 1.1e-17.
+_LOGCOSH_COEFFICIENTS = {
+    np.dtype(np.float32): (
+        0.1249999997144591484,
+        -0.005208319031600537492,
+        0.00034710676918925676741,
+        -0.000026021895394928214808,
+        1.741664477142820844e-6,
+    ),
+    np.dtype(np.float64): (
+        0.12499999999999999872,
+        -0.0052083333333330772923,
+        0.00034722222221375307222,
+        -0.000026351686399050681459,
+        2.1356915271160978078e-6,
+        -1.8032029921806288717e-7,
+        1.5654224420872135664e-8,
+        -1.3794305651468050249e-9,
+        1.1708485217795581294e-10,
+        -7.3107062965190689709e-12,
+    ),
+}
+# log(2) = hi + lo with hi the nearest value of the dtype (the float64 remainder is the classical constant).
+_LOG2_SPLIT = {
+    np.dtype(np.float32): (
+        np.float32(0.6931472),
+        np.float32(0.6931471805599453 - float(np.float32(0.6931472))),
+    ),
+    np.dtype(np.float64): (np.float64(0.6931471805599453), np.float64(2.3190468138462996e-17)),
+}
+
+
+def define_partials(function: jax.custom_jvp) -> Callable[[Callable], Callable]:
+    """Decorator: ``partials`` becomes the ``custom_jvp`` rule of ``function`` (with ``symbolic_zeros``).
+
+    ``partials(*static, *arrays)`` receives the static (``nondiff_argnums``) arguments first, then the array
+    arguments, and returns one zero-argument callable per array argument, the partial derivative in it. The
+    rule's tangent is the sum of ``partial() * tangent`` over the arguments whose tangent is not a symbolic
+    zero. Skipping those matters: a partial derivative may be infinite (d/dy at x = inf), and inf * 0 would
+    put a NaN into the tangent of an argument nobody differentiates; and a partial nobody needs is never
+    traced.
+    """
+    static_positions = tuple(sorted(function.nondiff_argnums))
+
+    def register(partials: Callable) -> Callable:
+        def rule(*args):
+            *static, primals, tangents = args
+            call = list(primals)
+            for position, value in zip(static_positions, static, strict=True):
+                call.insert(position, value)
+            out = function(*call)
+            total = None
+            for partial, tangent in zip(partials(*static, *primals), tangents, strict=True):
+                if tangent is None or type(tangent) is SymbolicZero:
+                    continue
+                term = partial() * tangent
+                total = term if total is None else total + term
+            return out, jnp.zeros_like(out) if total is None else total
+
+        function.defjvp(rule, symbolic_zeros=True)
+        return partials
+
+    return register
+
+
+def corrected(plain: jax.Array, accurate: jax.Array) -> jax.Array:
+    """The value of ``accurate`` with the derivatives of ``plain``: ``plain + stop_gradient(accurate - plain)``.
+
+    Precondition: ``plain`` is the same function in plain arithmetic, within a few ulps of ``accurate``, and
+    differentiable to every order; the correction is then a rounding error, and dropping its derivative
+    changes the derivatives by a few ulps too. Where ``accurate`` is a double-word evaluation, this is how its
+    value reaches the result while autodiff sees only ``plain``.
+    """
+    return plain + jax.lax.stop_gradient(accurate - plain)
+
+
+@jax.custom_jvp
+def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
+    """scale * exp(nx) for nx <= 0, rounded once at the end.
+
+    exp(nx) = m * 2**k1 * 2**k2 with m in [0.7, 1.42] and both powers of two normal numbers, so that
+    ``scale * exp(nx)`` is exact to rounding even where exp(nx) alone would be subnormal (and flushed to 0 by
+    XLA): with pos_weight > 1 the loss of a hard label can be normal where exp(-|x|) is not.
+    """
+    u_hi, u_lo, k = dw.reduced_exp(nx)
+    return jnp.where(jnp.isnan(nx), nx, dw.times_power_of_two(scale * (1 + (u_hi + u_lo)), k))
+
+
+@define_partials(_scaled_exp)
+def _scaled_exp_partials(nx, scale):
+    return lambda: _scaled_exp(nx, scale), lambda: _scaled_exp(nx, jnp.ones_like(scale))
+
+
+def times(coefficient: jax.Array | None, value: jax.Array) -> jax.Array:
+    return value if coefficient is None else coefficient * value
+
+
+def in_tail(nx: jax.Array) -> jax.Array:
+    # Where exp(nx) < eps / 2, log1p(e) and e / (1 + e) both equal e to rounding.
+    return nx < math.log(0.5 * np.finfo(nx.dtype).eps)
+
+
+def neg_abs(x: jax.Array) -> jax.Array:
+    # -|x| as a select, so that its derivative at 0 is the one-sided +1 rather than sign(0) = 0; the values
+    # and derivatives built on it then take the x <= 0 branch at 0, where they are exact (0.5 - y, 0.25).
+    return jnp.where(x > 0, -x, x)
+
+
+def softplus_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) -> jax.Array:
+    """coefficient * log1p(exp(nx)) for nx <= 0 (coefficient None: 1); NaN passes through."""
+    hi, lo = _LOG2_SPLIT[np.dtype(nx.dtype)]
+    z = nx * nx
+    coefficients = _LOGCOSH_COEFFICIENTS[np.dtype(nx.dtype)]
+    h = jnp.asarray(coefficients[-1], nx.dtype)
+    for c in coefficients[-2::-1]:
+        h = h * z + c
+    near_zero = (hi + 0.5 * nx) + (lo + z * h)
+    one = jnp.ones_like(nx)
+    middle = jnp.log1p(_scaled_exp(nx, one))
+    tail = _scaled_exp(nx, one if coefficient is None else coefficient)
+    return jnp.where(nx > -1, times(coefficient, near_zero), jnp.where(in_tail(nx), tail, times(coefficient, middle)))
+
+
+def sigmoid_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) -> jax.Array:
+    """coefficient * sigmoid(nx) = coefficient * e / (1 + e) for nx <= 0, sharing e = exp(nx) with
+    ``softplus_nonpositive``."""
+    one = jnp.ones_like(nx)
+    e = _scaled_exp(nx, one)
+    tail = _scaled_exp(nx, one if coefficient is None else coefficient)
+    return jnp.where(in_tail(nx), tail, times(coefficient, e / (1 + e)))
+
+
+def sigmoid_pair(nx: jax.Array) -> dw.Pair:
+    """sigmoid(nx) = e / (1 + e) for nx <= 0 as a pair, within about 0.1 eps: e = e_hi + e_lo and 1 + e =
+    d_hi + d_lo are kept exactly, and so is the remainder e_hi - s_hi d_hi of the quotient."""
+    *u, k = dw.reduced_exp(nx)
+    e, e_lo = dw.times_power_of_two(dw.one_plus(*u), k)
+    d, d_lo = dw.fast_two_sum(jnp.ones_like(e), e)
+    s = jnp.where(jnp.isnan(nx), nx, e / d)
+    product, product_lo = dw.two_product(s, d)
+    return dw.Pair(s, ((e - product) - product_lo + (e_lo - s * (d_lo + e_lo))) / d)
+
+
+def sigmoid_difference(nx: jax.Array, a: jax.Array, c: jax.Array | None) -> jax.Array:
+    """c * sigmoid(nx) - a for nx <= 0 (c None: 1), with the value of a compensated evaluation and the
+    derivatives of the plain one.
+
+    sigmoid(nx) = e / (1 + e) carries three roundings (of e, of 1 + e and of the quotient) that add up to
+    1.35 eps; here sigmoid(nx) is a pair (``sigmoid_pair``) and a is subtracted exactly (TwoSum), so that
+    what remains is the rounding of c * sigmoid and of the result.
+    """
+    plain = sigmoid_nonpositive(nx, c) - a
+    q, q_lo = sigmoid_pair(nx)
+    if c is not None:
+        q, q_lo = c * q, c * q_lo
+    hi, lo = dw.two_sum(q, -a)
+    accurate = jnp.where(in_tail(nx), plain, hi + (lo + q_lo))
+    return corrected(plain, accurate)
+
+
+def zero_times(coefficient: jax.Array, magnitude: jax.Array) -> jax.Array:
+    # coefficient * magnitude, taking 0 * inf as 0: a hard label at an infinite logit has a zero term.
+    return jnp.where(coefficient == 0, 0, coefficient * magnitude)
+
+
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+    """log(1 + exp(x)), exact to rounding for every x, with derivative sigmoid(x)."""
+    return jnp.maximum(x, 0) + softplus_nonpositive(neg_abs(x))
+
+
+@define_partials(softplus)
+def _softplus_partials(x):
+    return (lambda: sigmoid(x),)
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+    """1 / (1 + exp(-x)) as sigmoid(-|x|) - 0 or -(sigmoid(-|x|) - 1), within 1 eps, tails included."""
+    d = sigmoid_difference(neg_abs(x), jnp.where(x > 0, 1, 0).astype(x.dtype), None)
+    return jnp.where(x > 0, -d, d)
+
+
+def smoothed_labels(y: jax.Array, label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+    """(y_s, 1 - y_s) for the Keras rule y_s = y * (1 - s) + s / 2.
+
+    Each is a sum of two non-negative terms, so 1 - y_s is exact to rounding even where y_s is close to 1
+    (forming it as 1 - y_s would cost up to 1 / (1 - y_s) eps).
+    """
+    if label_smoothing == 0:
+        return y, 1 - y
+    keep, half = 1 - label_smoothing, 0.5 * label_smoothing
+    return y * keep + half, (1 - y) * keep + half
