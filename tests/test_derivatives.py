@@ -33,7 +33,7 @@ DTYPES = (np.float32, np.float64)
 # so that is the scale their rounding errors have where they cancel. (Relative accuracy in the tails, for the
 # value and the logits gradient, is tested against the contract's scales in test_losses and test_elementwise.)
 # Only where the point is inside the domain of the formula's derivative (see ``_compared``).
-BOUNDS = {1: 8.0, 2: 64.0}
+BOUNDS = {1: 4.0, 2: 4.0}  # measured worst: 2.7 and 2.3 (sigmoid_focal_loss, float64)
 
 
 def _option_rows(loss):
