@@ -20,32 +20,26 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import report  # noqa: E402  (bench/report.py, beside this script)
 
 import jaxbce  # noqa: E402
 import reference  # noqa: E402
+import report  # noqa: E402  (bench/report.py, beside this script)
+from common import optional, textbook_bce  # noqa: E402
 from jaxbce._registry import LOSSES  # noqa: E402
 
 LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
 F32 = np.float32
 
 
-def _optional(module):
-    try:
-        return __import__(module)
-    except ImportError:
-        return None
-
-
-optax = _optional("optax")
-torch = _optional("torch")
-keras = _optional("keras")
-torchvision = _optional("torchvision") if torch is not None else None
+optax = optional("optax")
+torch = optional("torch")
+keras = optional("keras")
+torchvision = optional("torchvision") if torch is not None else None
 
 
 def jax_value_and_grad(fn):
@@ -68,10 +62,6 @@ def torch_value_and_grad(fn):
     return run
 
 
-def textbook(x, y):
-    return jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
-
-
 def bce_implementations(pos_weight, label_smoothing):
     plain = pos_weight == 1.0 and label_smoothing == 0.0
     pw = jnp.asarray(pos_weight, F32)
@@ -83,7 +73,7 @@ def bce_implementations(pos_weight, label_smoothing):
         )
     }
     if plain:
-        impls["textbook"] = jax_value_and_grad(textbook)
+        impls["textbook"] = jax_value_and_grad(textbook_bce)
         if optax is not None:
             impls["optax"] = jax_value_and_grad(optax.sigmoid_binary_cross_entropy)
     if label_smoothing == 0.0 and torch is not None:

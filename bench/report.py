@@ -1,10 +1,13 @@
-"""Render docs/benchmarks.md from the committed results in bench/results (run by `make bench`).
+"""Render docs/benchmarks.md, and the tables of README.md, from the committed results in bench/results (run by
+`make bench`). The README's tables sit between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``;
+tests/test_docs.py checks that they are what this script writes.
 
 python bench/report.py
 """
 
 import json
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -128,6 +131,104 @@ def fused_section(data, backend: str) -> list[str]:
     return lines
 
 
+# README tables: the headline rows of the committed results, in the README's words.
+_ACCURACY_NAMES = {
+    "jaxbce": "**jaxbce**",
+    "optax": "optax {optax}",
+    "keras": "keras {keras} (JAX backend)",
+    "torch": "torch {torch} `BCEWithLogitsLoss`",
+    "textbook": "textbook `max(x,0) - x*y + log1p(exp(-abs(x)))`",
+}
+_SPEED_PEERS = ("optax", "torch", "keras", "textbook")
+
+
+def _short(value) -> str:
+    """3 significant digits, and large numbers as 8.4e6."""
+    if value is None:
+        return "–"
+    if value == float("inf"):
+        return "inf"
+    if abs(value) >= 1e4:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def _versions(data) -> dict[str, str]:
+    return {name: version.split("+")[0] for name, version in data["versions"].items()}
+
+
+def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
+    accuracy = json.loads((results / "accuracy.json").read_text())
+    versions = _versions(accuracy)
+    default = accuracy["binary_cross_entropy_with_logits"]["settings"]["pos_weight=1.0, label_smoothing=0.0"]
+    bce = [
+        "| `binary_cross_entropy_with_logits` | loss | grad, hard labels | grad, soft labels |",
+        "|---|---|---|---|",
+    ]
+    for name, label in _ACCURACY_NAMES.items():
+        if name in default:
+            cells = [_short(default[name].get(k)) for k in ("loss", "grad_hard", "grad_soft")]
+            if name == "jaxbce":
+                cells = [f"**{c}**" for c in cells]
+            bce.append(f"| {label.format(**versions)} | {' | '.join(cells)} |")
+    focal_settings = accuracy["sigmoid_focal_loss"]["settings"]
+    gammas = [setting.split("gamma=")[1] for setting in focal_settings]
+    focal = [
+        "| gamma | " + " | ".join(f"{float(g):g}" for g in gammas) + " |",
+        "|---|" + "---|" * len(gammas),
+    ]
+    for name in ("jaxbce", "optax", "keras"):
+        cells = [
+            f"{_short(table[name]['loss'])} / {_short(table[name]['grad'])}"
+            for table in focal_settings.values()
+            if name in table
+        ]
+        if cells:
+            label = "**jaxbce**" if name == "jaxbce" else f"{name} {versions[name]}"
+            cells = [f"**{c}**" for c in cells] if name == "jaxbce" else cells
+            focal.append(f"| {label} | {' | '.join(cells)} |")
+
+    speed_data = json.loads((results / "speed-cpu.json").read_text())
+    speed = [
+        "| inputs | mode | jaxbce / floor | " + " | ".join(f"{p} / jaxbce" for p in _SPEED_PEERS) + " |",
+        "|---|---|---|" + "---|" * len(_SPEED_PEERS),
+    ]
+    for case, entry in speed_data["ratios_at_largest_n"].items():
+        for mode in ("forward", "value_and_grad"):
+            ratios = [entry.get(f"{mode}: jaxbce / floor")] + [entry.get(f"{mode}: {p} / jaxbce") for p in _SPEED_PEERS]
+            speed.append(f"| {case} | {mode} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
+
+    fused_data = json.loads((results / "fused-cpu.json").read_text())
+    fused = [
+        "| batch x D x C | labels | fused total memory | materialised jaxbce | materialised optax "
+        "| fused temporaries / (arguments + outputs) | fused time / jaxbce | fused time / optax |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in fused_data["rows"]:
+        shape = f"{row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1}"
+        labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
+        forms, ratios = row["forms"], row["ratios"]
+        times = [
+            f"{ratios[key]:.2f}" if key in ratios else "not run (over 6 GiB)"
+            for key in ("fused time / jaxbce time", "fused time / optax time")
+        ]
+        fused.append(
+            f"| {shape} | {labels} | {_gib(forms['fused']['total_bytes'])} GiB "
+            f"| {_gib(forms['jaxbce']['total_bytes'])} GiB | {_gib(forms['optax']['total_bytes'])} GiB "
+            f"| {ratios['fused temp / (argument + output)']:.3f} | {' | '.join(times)} |"
+        )
+    return {"accuracy-bce": bce, "accuracy-focal": focal, "speed": speed, "fused": fused}
+
+
+_GENERATED = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
+
+
+def render_readme(text: str, tables: dict[str, list[str]]) -> str:
+    """``text`` with every generated block replaced by its table (an unknown name is an error)."""
+    return _GENERATED.sub(lambda m: m.group(1) + "\n".join(tables[m.group("name")]) + "\n" + m.group(4), text)
+
+
 def main() -> None:
     lines = ["# Benchmarks", "", "Generated by `bench/report.py` from `bench/results/`.", ""]
     accuracy = RESULTS / "accuracy.json"
@@ -139,7 +240,9 @@ def main() -> None:
         lines += fused_section(json.loads(path.read_text()), path.stem.removeprefix("fused-"))
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    readme = ROOT / "README.md"
+    readme.write_text(render_readme(readme.read_text(), readme_tables()))
+    print(f"wrote {out.relative_to(ROOT)} and the tables of README.md")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -29,9 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxbce
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import jaxbce  # noqa: E402
+from common import optional, textbook_bce  # noqa: E402
+
 CASES = {
     "float32 + float32 labels": (jnp.float32, jnp.float32),
     "float32 + bool labels": (jnp.float32, jnp.bool_),
@@ -39,28 +43,16 @@ CASES = {
 }
 
 
-def _optional(module):
-    try:
-        return __import__(module)
-    except ImportError:
-        return None
-
-
-optax, torch, keras = _optional("optax"), _optional("torch"), _optional("keras")
+optax, torch, keras = optional("optax"), optional("torch"), optional("keras")
 if keras is not None and keras.backend.backend() != "jax":
     keras = None
-
-
-def textbook(x, y):
-    x = x.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
 
 
 def jax_losses():
     """name -> mean loss of (logits, labels), as a JAX function."""
     losses = {
         "jaxbce": lambda x, y: jaxbce.binary_cross_entropy_with_logits(x, y),
-        "textbook": textbook,
+        "textbook": lambda x, y: jnp.mean(textbook_bce(x.astype(jnp.float32), y)),
         "floor": lambda x, y: jnp.sum(x * y.astype(x.dtype)),
     }
     if optax is not None:

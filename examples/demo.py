@@ -18,15 +18,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 import jaxbce
-
-
-class Classifier(nnx.Module):
-    def __init__(self, features: int, hidden: int, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(features, hidden, rngs=rngs)
-        self.out = nnx.Linear(hidden, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(nnx.gelu(self.hidden(x))).squeeze(-1)
+from common import MLP, naive_bce, textbook_bce
 
 
 def train(steps: int = 400) -> None:
@@ -42,7 +34,7 @@ def train(steps: int = 400) -> None:
         f"{x.shape[1]} features, {y.mean():.0%} malignant; pos_weight = {pos_weight:.2f} (negatives / positives)."
     )
 
-    model = Classifier(x.shape[1], 32, rngs=nnx.Rngs(0))
+    model = MLP(x.shape[1], 32, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(3e-3, weight_decay=1e-3), wrt=nnx.Param)
 
     @nnx.jit
@@ -79,16 +71,9 @@ def stability_table() -> None:
     x = jnp.array([-200.0, 17.0, 30.0, 0.0, -30.0, 200.0, 20.0], jnp.float32)
     y = jnp.array([1.0, 1.0, 1.0, 0.5, 0.0, 0.0, 0.9], jnp.float32)
 
-    def naive(x, y):  # what a first version writes: sigmoid, then log
-        p = jax.nn.sigmoid(x)
-        return -(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
-
-    def textbook(x, y):  # the usual "stable" rewrite, under autodiff
-        return jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
-
     implementations = {
-        "naive sigmoid+log": naive,
-        "textbook max(x,0)-xy+log1p(e^-|x|)": textbook,
+        "naive sigmoid+log": naive_bce,
+        "textbook max(x,0)-xy+log1p(e^-|x|)": textbook_bce,
         "optax.sigmoid_binary_cross_entropy": optax.sigmoid_binary_cross_entropy,
         "jaxbce": lambda x, y: jaxbce.binary_cross_entropy_with_logits(x, y, reduction="none"),
     }

@@ -19,6 +19,8 @@ import argparse
 import jax
 import numpy as np
 
+from common import bce_float64
+
 ROWS, CLASSES = 16, 6
 
 
@@ -34,10 +36,7 @@ def global_batch():
 
 def numpy_reference(logits, labels, keep, pos_weight):
     """float64 mean over kept elements of pw*y*softplus(-x) + (1-y)*softplus(x), and its gradient."""
-    x, y = logits.astype(np.float64), labels.astype(np.float64)
-    loss = pos_weight * y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x)
-    sigmoid = 1 / (1 + np.exp(-x))
-    grad = (1 - y) * sigmoid - pos_weight * y * (1 - sigmoid)
+    loss, grad = bce_float64(logits, labels, pos_weight)
     count = keep.sum()
     return np.where(keep, loss, 0).sum() / count, np.where(keep, grad, 0) / count
 

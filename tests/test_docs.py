@@ -1,4 +1,5 @@
-"""The documentation site builds with warnings as errors (mkdocs --strict), API reference included."""
+"""The documentation site builds with warnings as errors (mkdocs --strict), API reference included; the contract
+page and the README's tables are in step with their sources."""
 
 import os
 import pathlib
@@ -34,3 +35,15 @@ def test_contract_page_is_in_step_with_the_specification():
         pytest.skip("no shared/spec/API.md beside this checkout to compare with")
     page = (ROOT / "docs" / "contract.md").read_text().splitlines()[1:]
     assert page == spec.read_text().splitlines()[1:]
+
+
+def test_readme_tables_are_generated_from_the_committed_results():
+    """The README's tables are bench/report.py's rendering of bench/results (run `python bench/report.py`)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("<!-- generated: ") == len(report.readme_tables()) == 4
+    assert report.render_readme(readme, report.readme_tables()) == readme
