@@ -49,16 +49,19 @@ def _smoothed(y: float, label_smoothing: float) -> mpmath.mpf:
     return _mpf(y) * (1 - s) + s / 2
 
 
-def bce_with_logits(x, y, *, pos_weight=1.0, label_smoothing=0.0):
-    """Loss, d/dlogits and the soft-label gradient scale max(|grad|, sigmoid(x), |y|), elementwise."""
+def bce_with_logits(x, y, *, pos_weight=1.0, label_smoothing=0.0, poly_epsilon=0.0):
+    """Loss, d/dlogits and the soft-label gradient scale max(|grad|, sigmoid(x), |y|), elementwise; with
+    ``poly_epsilon``, Poly-1's eps * (1 - p_t) added (and the size of its derivative to the scale)."""
     loss, grad, scale = [], [], []
-    pw = _mpf(pos_weight)
+    pw, eps = _mpf(pos_weight), _mpf(poly_epsilon)
     for xi, yi in zip(np.ravel(x).tolist(), np.ravel(y).tolist(), strict=True):
         ys = _smoothed(yi, label_smoothing)
-        loss.append(float(pw * ys * _softplus(-xi) + (1 - ys) * _softplus(xi)))
-        g = -pw * ys * _sigmoid(-xi) + (1 - ys) * _sigmoid(xi)
+        poly = eps * (ys * _sigmoid(-xi) + (1 - ys) * _sigmoid(xi))
+        d_poly = eps * (1 - 2 * ys) * _sigmoid(xi) * _sigmoid(-xi)
+        loss.append(float(pw * ys * _softplus(-xi) + (1 - ys) * _softplus(xi) + poly))
+        g = -pw * ys * _sigmoid(-xi) + (1 - ys) * _sigmoid(xi) + d_poly
         grad.append(float(g))
-        scale.append(float(max(abs(g), _sigmoid(xi), abs(ys))))
+        scale.append(float(max(abs(g), _sigmoid(xi), abs(ys)) + abs(d_poly)))
     shape = np.shape(x)
     return tuple(np.reshape(np.array(v), shape) for v in (loss, grad, scale))
 
@@ -100,9 +103,10 @@ def bce_with_probabilities(p, y):
     return _elementwise(one, p, y)
 
 
-def sigmoid_focal(x, y, *, alpha, gamma, label_smoothing=0.0):
+def sigmoid_focal(x, y, *, alpha, gamma, label_smoothing=0.0, poly_epsilon=0.0):
     """Focal loss value, d/dlogits and the soft-label gradient scale, with 1 - p_t = y_s sigmoid(-x) +
-    (1 - y_s) sigmoid(x) for the smoothed label y_s."""
+    (1 - y_s) sigmoid(x) for the smoothed label y_s; with ``poly_epsilon``, Poly-1's eps * (1 - p_t)**(gamma + 1)
+    added."""
 
     def one(x, y):
         y = _smoothed(y, label_smoothing)
@@ -116,7 +120,8 @@ def sigmoid_focal(x, y, *, alpha, gamma, label_smoothing=0.0):
         d_factor = gamma * q ** (gamma - 1) * dq if gamma else 0
         # The gradient is a difference of terms; scale: the sum of their sizes (sigmoid(x) and y for dce).
         scale = alpha_t * (abs(d_factor * ce) + factor * max(abs(dce), _sigmoid(x), y))
-        return alpha_t * factor * ce, alpha_t * (d_factor * ce + factor * dce), scale
+        poly, d_poly = poly_epsilon * q ** (gamma + 1), poly_epsilon * (gamma + 1) * q**gamma * dq
+        return alpha_t * factor * ce + poly, alpha_t * (d_factor * ce + factor * dce) + d_poly, scale + abs(d_poly)
 
     return _elementwise(one, x, y)
 
@@ -142,26 +147,34 @@ def binary_kl_divergence(x, t):
     return _elementwise(one, x, t)
 
 
-def _bce_with_logits_scalar(x, y, pos_weight=None, *, label_smoothing=0.0):
+def _one_minus_p_t(x, ys):
+    # ys sigmoid(-x) + (1 - ys) sigmoid(x), each sigmoid formed directly (1 - sigmoid(x) would round to 0 at
+    # 50 digits for x > 115).
+    x = _mpf(x)
+    return ys / (1 + mpmath.exp(x)) + (1 - ys) / (1 + mpmath.exp(-x))
+
+
+def _bce_with_logits_scalar(x, y, pos_weight=None, *, label_smoothing=0.0, poly_epsilon=0.0):
     ys = _smoothed(y, label_smoothing) if label_smoothing else _mpf(y)
     pw = 1 if pos_weight is None else _mpf(pos_weight)
-    return pw * ys * mpmath.log1p(mpmath.exp(-_mpf(x))) + (1 - ys) * mpmath.log1p(mpmath.exp(_mpf(x)))
+    ce = pw * ys * mpmath.log1p(mpmath.exp(-_mpf(x))) + (1 - ys) * mpmath.log1p(mpmath.exp(_mpf(x)))
+    return ce + _mpf(poly_epsilon) * _one_minus_p_t(x, ys)
 
 
-def _bce_with_probabilities_scalar(p, y, *, label_smoothing=0.0):
+def _bce_with_probabilities_scalar(p, y, pos_weight=None, *, label_smoothing=0.0):
     ys, p = _smoothed(y, label_smoothing) if label_smoothing else _mpf(y), _mpf(p)
+    pw = 1 if pos_weight is None else _mpf(pos_weight)
     log_p = max(mpmath.log(p), -100) if p > 0 else _mpf(-100)
     log_not_p = max(mpmath.log1p(-p), -100) if p < 1 else _mpf(-100)
-    return -(ys * log_p + (1 - ys) * log_not_p)
+    return -(pw * ys * log_p + (1 - ys) * log_not_p)
 
 
-def _sigmoid_focal_scalar(x, y, *, alpha, gamma, label_smoothing=0.0):
+def _sigmoid_focal_scalar(x, y, *, alpha, gamma, label_smoothing=0.0, poly_epsilon=0.0):
     x, ys = _mpf(x), _smoothed(y, label_smoothing) if label_smoothing else _mpf(y)
-    sig = 1 / (1 + mpmath.exp(-x))
-    q = ys * (1 - sig) + (1 - ys) * sig
+    q = _one_minus_p_t(x, ys)
     alpha_t = 1 if alpha is None else alpha * ys + (1 - _mpf(alpha)) * (1 - ys)
     ce = ys * mpmath.log1p(mpmath.exp(-x)) + (1 - ys) * mpmath.log1p(mpmath.exp(x))
-    return alpha_t * q**gamma * ce
+    return alpha_t * q**gamma * ce + _mpf(poly_epsilon) * q ** (gamma + 1)
 
 
 def _binary_entropy_scalar(x):

@@ -348,7 +348,7 @@ class SharedContractTest(chex.TestCase):
         with pytest.raises(TypeError, match="must have a real floating dtype"):
             _call(name, first.astype(np.int32), second)
         with pytest.raises(ValueError, match="reduction must be one of"):
-            _call(name, first, second, reduction="batchmean")
+            _call(name, first, second, reduction="avg")
         with pytest.raises(ValueError, match="where of shape"):
             _call(name, first, second, where=np.ones((2, 4, 3), bool))
 

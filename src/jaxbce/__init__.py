@@ -17,6 +17,7 @@ from jaxbce._losses import (
     sigmoid_focal_loss,
 )
 from jaxbce._pipeline import checked, value_checks
+from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,9 @@ __all__ = [
     "binary_entropy",
     "binary_kl_divergence",
     "checked",
+    "class_balanced_weights",
     "linear_binary_cross_entropy",
+    "pos_weight_from_counts",
     "sigmoid_focal_loss",
     "value_checks",
 ]

@@ -93,22 +93,31 @@ def _clamped_logs(p: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.maximum(jnp.log(p), _LOG_FLOOR), jnp.maximum(log_not_p, _LOG_FLOOR)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def bce_with_probabilities(p: jax.Array, y: jax.Array, label_smoothing: float) -> jax.Array:
-    """-(y*max(log p, -100) + (1-y)*max(log(1-p), -100)): PyTorch ``BCELoss``, as a sum of same-sign terms."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def bce_with_probabilities(
+    p: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
+) -> jax.Array:
+    """-(pw*y*max(log p, -100) + (1-y)*max(log(1-p), -100)): PyTorch ``BCELoss`` (with a positive-term weight), as
+    a sum of same-sign terms."""
     positive, negative = smoothed_labels(y, label_smoothing)
     log_p, log_not_p = _clamped_logs(p)
-    return -(positive * log_p + negative * log_not_p)
+    positive_term = positive * log_p
+    if pos_weight is not None:
+        positive_term = zero_times(pos_weight, positive_term)
+    return -(positive_term + negative * log_not_p)
 
 
 @define_partials(bce_with_probabilities)
-def _bce_with_probabilities_partials(label_smoothing, p, y):
+def _bce_with_probabilities_partials(label_smoothing, p, y, pos_weight):
+    positive, negative = smoothed_labels(y, label_smoothing)
+    if pos_weight is not None:
+        positive = pos_weight * positive
+
     def d_probabilities():
-        # PyTorch's gradient (p - y) / max(p (1 - p), 1e-12), finite on all of [0, 1]. Above the floor it is
-        # written as (1 - y) / (1 - p) - y / p, the same value, whose derivatives are sums of same-sign terms;
-        # the quotient rule on (p - y) / (p (1 - p)) cancels near p = 0 and 1 (its second derivative was 50%
-        # off at p = 1e-7 in float32).
-        positive, negative = smoothed_labels(y, label_smoothing)
+        # (1 - y) / (1 - p) - pw*y / p, PyTorch's (p - y) / max(p (1 - p), 1e-12) for pw = 1. Above the floor
+        # as that difference of same-sign terms, whose derivatives are sums of same-sign terms (the quotient
+        # rule on (p - y) / (p (1 - p)) cancels near p = 0 and 1: its second derivative was 50% off at p = 1e-7
+        # in float32); at the floor as PyTorch's ((1 - y) p - pw*y (1 - p)) / 1e-12, finite on all of [0, 1].
         floored = p * (1 - p) <= _PROBABILITY_GRADIENT_FLOOR
         safe_p = jnp.where(floored, 0.5, p)  # keeps the branch not taken, and its derivatives, finite
         above_floor = negative / (1 - safe_p) - positive / safe_p
@@ -116,9 +125,14 @@ def _bce_with_probabilities_partials(label_smoothing, p, y):
 
     def d_labels():
         log_p, log_not_p = _clamped_logs(p)
+        if pos_weight is not None:
+            log_p = pos_weight * log_p
         return (log_not_p - log_p) * (1 - label_smoothing)
 
-    return d_probabilities, d_labels
+    def d_pos_weight():
+        return -smoothed_labels(y, label_smoothing)[0] * _clamped_logs(p)[0]
+
+    return d_probabilities, d_labels, d_pos_weight
 
 
 @jax.custom_jvp

@@ -207,3 +207,27 @@ def _sigmoid_focal_partials(alpha, gamma, label_smoothing, x, y):
         return d * (1 - label_smoothing)
 
     return d_logits, d_labels
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def q_power(x: jax.Array, y: jax.Array, exponent: float, label_smoothing: float) -> jax.Array:
+    """(1 - p_t)**exponent for exponent >= 1 (Poly-1's term), from the pairs of ``_focal_terms`` and rounded once:
+    exact to rounding where 1 - p_t is tiny as elsewhere. Its gradient comes from the same pairs, and the
+    higher derivatives from the plain form, as for the focal loss."""
+    return dw.value(_focal_terms(x, y, None, exponent, label_smoothing).factor)
+
+
+@define_partials(q_power)
+def _q_power_of_labels_partials(exponent, label_smoothing, x, y):
+    positive, negative = smoothed_labels(y, label_smoothing)
+
+    def d_logits():
+        plain = exponent * _q_power(x, positive, negative, exponent) * _log_q_slope(x, positive, negative)
+        accurate = dw.value(_focal_terms(x, y, None, exponent, label_smoothing).d_factor)
+        return corrected(plain, accurate)
+
+    def d_labels():
+        d_q = sigmoid(-x) - sigmoid(x)
+        return exponent * _q_power(x, positive, negative, exponent - 1) * d_q * (1 - label_smoothing)
+
+    return d_logits, d_labels

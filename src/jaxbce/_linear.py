@@ -375,9 +375,7 @@ def linear_binary_cross_entropy(
       Array([1.0245588, 2.6413012], dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        valid = ", ".join(repr(r) for r in REDUCTIONS)
-        raise ValueError(f"reduction must be one of {valid}; got {reduction!r}")
+    _pipeline.check_reduction(reduction, valid=REDUCTIONS)
     features = _pipeline.as_checked_array(Arg("features", features, Role.LOGITS))
     kernel = _pipeline.as_checked_array(Arg("kernel", kernel, Role.LOGITS))
     if features.ndim < 1:

@@ -23,14 +23,14 @@ import functools
 import jax
 
 from jaxbce import _elementwise, _focal
-from jaxbce._pipeline import Role, check_fraction
+from jaxbce._pipeline import Role, check_fraction, check_real
 from jaxbce._registry import loss
 
 
 @loss(
     arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
     core=_elementwise.bce_with_logits,
-    options={"label_smoothing": (0.0, 0.1)},
+    options={"label_smoothing": (0.0, 0.1), "poly_epsilon": (0.0, 1.0)},
     reference="bce_with_logits",
     peers=(
         "optax.sigmoid_binary_cross_entropy",
@@ -45,7 +45,9 @@ def binary_cross_entropy_with_logits(
     weight: jax.typing.ArrayLike | None = None,
     pos_weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
     where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
@@ -67,6 +69,12 @@ def binary_cross_entropy_with_logits(
       pos_weight: optional non-negative weight of the positive term broadcastable to ``S`` (PyTorch's
         ``pos_weight``; a shape ``(C,)`` applies per class along the last axis). ``pw > 1`` raises recall.
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
+      poly_epsilon: static float ``eps``: Poly-1 (Leng et al., ICLR 2022) adds ``eps * (1 - p_t)`` with
+        ``1 - p_t = y_s sigmoid(-x) + (1 - y_s) sigmoid(x)``, unweighted by ``pos_weight``, formed in double-word
+        arithmetic and exact to rounding where it is tiny. For ``eps >= 0`` the sum of the two non-negative
+        terms stays within 2 eps of the exact value (except where both terms are subnormal and their sum is not:
+        XLA flushes the terms); for ``eps < 0`` it cancels where ``p_t -> 1`` (Poly-1's ``eps = -1`` leaves
+        ``-log(p_t) - (1 - p_t) ~ (1 - p_t)**2 / 2``), and the error is relative to the terms.
 
     Returns:
       The loss in the dtype of ``logits``: shape ``S`` for ``"none"``, else ``S`` without the reduced axes.
@@ -85,13 +93,19 @@ def binary_cross_entropy_with_logits(
       >>> labels = jnp.array([[1, 0], [0, 1]])
       >>> jaxbce.binary_cross_entropy_with_logits(logits, labels, pos_weight=jnp.array([3.0, 1.0]))
       Array(0.41703066, dtype=float32)
+      >>> partial = jnp.array([[1, -1], [0, 1]])  # -1: unknown label
+      >>> jaxbce.binary_cross_entropy_with_logits(logits, partial, ignore_label=-1, reduction="batchmean")
+      Array(0.5505025, dtype=float32)
+      >>> jaxbce.binary_cross_entropy_with_logits(logits, labels, poly_epsilon=1.0)  # Poly-1
+      Array(0.6062176, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return lambda x, y, pw: _elementwise.bce_with_logits(x, y, pw, label_smoothing)
+    core = functools.partial(_elementwise.bce_with_logits, label_smoothing=label_smoothing)
+    return _plus_poly1(core, check_real("poly_epsilon", poly_epsilon), 1.0, label_smoothing)
 
 
 @loss(
-    arrays={"probs": Role.PROBABILITIES, "labels": Role.LABELS},
+    arrays={"probs": Role.PROBABILITIES, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
     core=_elementwise.bce_with_probabilities,
     options={"label_smoothing": (0.0, 0.1)},
     reference="bce_with_probabilities",
@@ -102,26 +116,32 @@ def binary_cross_entropy(
     labels: jax.typing.ArrayLike,
     *,
     weight: jax.typing.ArrayLike | None = None,
+    pos_weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
     where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     """Binary cross-entropy from probabilities, with PyTorch ``BCELoss`` semantics.
 
-        loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
+        loss = -w * (pw * y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
 
     Each log is clamped at -100 as PyTorch does, so ``p = 0`` with ``y = 1`` gives exactly 100 rather than
-    inf. The gradient in ``probs`` is PyTorch's ``(p - y) / max(p (1 - p), 1e-12)``, finite on all of [0, 1];
-    by design it is not the derivative of the clamped value where a clamp is active (PyTorch's choice, kept for
-    parity). ``log(1 - p)`` is taken as ``log1p(-p)`` below 0.3 and as ``log`` of the exact two-term ``1 - p``
-    above (XLA's ``log1p`` is inaccurate for arguments in [-0.5, -0.35]).
+    inf. The gradient in ``probs`` is PyTorch's ``(p - y) / max(p (1 - p), 1e-12)`` (for ``pw = 1``; in general
+    ``((1 - y) p - pw y (1 - p)) / max(p (1 - p), 1e-12)``), finite on all of [0, 1]; by design it is not the
+    derivative of the clamped value where a clamp is active (PyTorch's choice, kept for parity). ``pos_weight``
+    is the positive-term weight of :func:`binary_cross_entropy_with_logits`, which PyTorch's ``BCELoss`` lacks
+    (pytorch/pytorch#20424). ``log(1 - p)`` is taken as ``log1p(-p)`` below 0.3 and as ``log`` of the exact
+    two-term ``1 - p`` above (XLA's ``log1p`` is inaccurate for arguments in [-0.5, -0.35]).
     Prefer :func:`binary_cross_entropy_with_logits` whenever you have logits: it is exact where ``p`` rounds
     to 0 or 1.
 
     Args:
       probs: float16, bfloat16, float32 or float64 probabilities in [0, 1], of any shape ``S``.
       labels: array of shape exactly ``S`` (floating, integer or bool) in [0, 1].
+      pos_weight: optional non-negative weight of the positive term broadcastable to ``S`` (a shape ``(C,)``
+        applies per class along the last axis).
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2``.
 
     Returns:
@@ -138,15 +158,22 @@ def binary_cross_entropy(
       >>> import jax.numpy as jnp, jaxbce
       >>> jaxbce.binary_cross_entropy(jnp.array([0.9, 0.0, 0.2]), jnp.array([1.0, 1.0, 0.0]), reduction="none")
       Array([  0.10536055, 100.        ,   0.22314355], dtype=float32)
+      >>> jaxbce.binary_cross_entropy(jnp.array([0.9, 0.2]), jnp.array([1.0, 0.0]), pos_weight=3.0, reduction="none")
+      Array([0.31608164, 0.22314355], dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return functools.partial(_elementwise.bce_with_probabilities, label_smoothing=label_smoothing)
+    return lambda p, y, pw: _elementwise.bce_with_probabilities(p, y, pw, label_smoothing)
 
 
 @loss(
     arrays={"logits": Role.LOGITS, "labels": Role.LABELS},
     core=_focal.sigmoid_focal,
-    options={"alpha": (0.25, None, 0.5), "gamma": (2.0, 0.0, 0.5, 1.7), "label_smoothing": (0.0, 0.1)},
+    options={
+        "alpha": (0.25, None, 0.5),
+        "gamma": (2.0, 0.0, 0.5, 1.7),
+        "label_smoothing": (0.0, 0.1),
+        "poly_epsilon": (0.0, 1.0, -1.0),
+    },
     reference="sigmoid_focal",
     peers=("optax.sigmoid_focal_loss", "torchvision.ops.sigmoid_focal_loss", "keras.losses.binary_focal_crossentropy"),
 )
@@ -158,7 +185,9 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
     where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
     axis: int | tuple[int, ...] | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
@@ -191,6 +220,9 @@ def sigmoid_focal_loss(
       gamma: static focusing parameter ``>= 0``.
       label_smoothing: static float ``s`` in [0, 1], applied to the labels before ``p_t`` and ``alpha_t`` (Keras
         ``BinaryFocalCrossentropy(apply_class_balancing=True)`` does the same).
+      poly_epsilon: static float ``eps``: Poly-1 adds ``eps * (1 - p_t)**(gamma + 1)`` (not scaled by
+        ``alpha_t``, as in Leng et al.), its power formed in double-word arithmetic as the focal factor is.
+        Accuracy as for :func:`binary_cross_entropy_with_logits`'s ``poly_epsilon``.
 
     Returns:
       The loss in the dtype of ``logits``.
@@ -209,7 +241,15 @@ def sigmoid_focal_loss(
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
         raise ValueError(f"gamma must be a Python float >= 0, got {gamma!r}")
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    return lambda x, y: _focal.sigmoid_focal(x, y, alpha, float(gamma), label_smoothing)
+    core = functools.partial(_focal.sigmoid_focal, alpha=alpha, gamma=float(gamma), label_smoothing=label_smoothing)
+    return _plus_poly1(core, check_real("poly_epsilon", poly_epsilon), gamma + 1.0, label_smoothing)
+
+
+def _plus_poly1(core, poly_epsilon: float, exponent: float, label_smoothing: float):
+    """``core`` plus Poly-1's ``poly_epsilon * (1 - p_t)**exponent``, or ``core`` itself for ``poly_epsilon = 0``."""
+    if not poly_epsilon:
+        return core
+    return lambda x, y, *rest: core(x, y, *rest) + poly_epsilon * _focal.q_power(x, y, exponent, label_smoothing)
 
 
 @loss(

@@ -30,7 +30,7 @@ from jax.experimental import checkify
 from jaxbce._double_word import rounded
 
 T = typing.TypeVar("T")
-REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
+REDUCTIONS = ("none", "sum", "mean", "weighted_mean", "batchmean")
 FLOATING_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 
 
@@ -132,12 +132,28 @@ def normalize_axis(axis, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(normalized))
 
 
-def check_reduction(reduction, axis) -> None:
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        valid = ", ".join(repr(r) for r in REDUCTIONS)
-        raise ValueError(f"reduction must be one of {valid}; got {reduction!r}")
-    if reduction == "none" and axis is not None:
-        raise ValueError(f"axis={axis!r} has no effect with reduction='none'; leave it as None")
+def check_reduction(reduction, axis=None, *, valid: Sequence[str] = REDUCTIONS) -> None:
+    if not isinstance(reduction, str) or reduction not in valid:
+        names = ", ".join(repr(r) for r in valid)
+        raise ValueError(f"reduction must be one of {names}; got {reduction!r}")
+    if reduction in ("none", "batchmean") and axis is not None:
+        raise ValueError(f"axis={axis!r} cannot be combined with reduction={reduction!r}; leave it as None")
+
+
+def check_ignore_label(ignore_label) -> float | None:
+    """A static Python number (the -1 / 255 conventions) or None."""
+    if ignore_label is None:
+        return None
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int | float | np.number):
+        raise TypeError(f"ignore_label must be None or a Python int or float, got {ignore_label!r}")
+    return ignore_label
+
+
+def check_real(name: str, value) -> float:
+    """A static finite Python number (poly_epsilon)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite Python float, got {value!r}")
+    return float(value)
 
 
 def check_fraction(name: str, value, *, allow_none: bool = False) -> float | None:
@@ -236,18 +252,23 @@ def compute_loss(
     where: jax.typing.ArrayLike | None,
     axis,
     reduction: str,
+    ignore_label: float | None = None,
 ) -> jax.Array:
     """Checks ``args``, applies ``elementwise`` to them (None stays None), then weight, mask and reduction.
 
     ``elementwise`` receives the arrays in the compute dtype, broadcast-compatible with the first, and
-    returns the per-element loss in the compute dtype.
+    returns the per-element loss in the compute dtype. Elements whose ``Role.LABELS`` argument equals
+    ``ignore_label`` are masked as ``where=False`` masks them (and so exempt from the value checks).
     """
     first, *others = args
     first_array = as_checked_array(first)
     shape, out_dtype = first_array.shape, first_array.dtype
     dtype = compute_dtype(out_dtype)
     check_reduction(reduction, axis)
+    if reduction == "batchmean" and not shape:
+        raise ValueError(f"reduction='batchmean' needs a leading batch axis; {first.name} is a scalar")
     axes = normalize_axis(axis, len(shape))
+    ignore_label = check_ignore_label(ignore_label)
 
     arrays = [first_array]
     for arg in others:
@@ -272,6 +293,10 @@ def compute_loss(
         check_broadcasts("weight", weight_array.shape, shape, first.name)
 
     keep = None if where is None else as_mask(where, shape, first.name)
+    if ignore_label is not None:
+        labels = next(a for arg, a in zip(args, arrays, strict=True) if arg.role is Role.LABELS)
+        labelled = labels != ignore_label
+        keep = labelled if keep is None else keep & labelled
 
     checked_args = [*args, weight_arg]
     checked_arrays = [*arrays, weight_array]
@@ -307,7 +332,14 @@ def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
     total = jnp.sum(rounded(loss), axis=axes)
     if reduction == "sum":
         return total
-    if reduction == "weighted_mean" and weight is not None:
+    if reduction == "batchmean":
+        # Examples (along the leading axis) that keep at least one element.
+        if keep is None:
+            denominator = jnp.asarray(shape[0], loss.dtype)
+        else:
+            kept = jnp.any(jnp.broadcast_to(keep, shape), axis=tuple(range(1, len(shape))))
+            denominator = jnp.sum(kept, dtype=loss.dtype)
+    elif reduction == "weighted_mean" and weight is not None:
         denominator = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes)
     elif keep is None:
         denominator = jnp.asarray(math.prod(shape[a] for a in axes), loss.dtype)

@@ -2,11 +2,12 @@
 public function, and the pipeline, the tests, ``bench/accuracy.py`` and the docs read the declaration.
 
 Why a decorator that runs the pipeline: every elementwise loss takes its arrays, then the shared keyword
-arguments ``weight``, ``where``, ``axis`` and ``reduction``, and differs only in its arrays' roles, its static
-options and its core. So a loss's body checks its own options and returns its core specialised to them; the
-decorator binds the call to the signature, hands the arrays (with the roles declared here) and the shared
-arguments to :func:`jaxbce._pipeline.compute_loss`, and jit-compiles the result with the options static. The
-shared arguments are documented once, in ``SHARED_ARGUMENTS`` (appended to every docstring).
+arguments ``weight``, ``where``, ``ignore_label`` (where it has labels), ``axis`` and ``reduction``, and
+differs only in its arrays' roles, its static options and its core. So a loss's body checks its own options
+and returns its core specialised to them; the decorator binds the call to the signature, hands the arrays
+(with the roles declared here) and the shared arguments to :func:`jaxbce._pipeline.compute_loss`, and
+jit-compiles the result with the options static. The shared arguments are documented once, in
+``SHARED_ARGUMENTS`` (appended to every docstring).
 """
 
 import dataclasses
@@ -25,10 +26,14 @@ SHARED_ARGUMENTS = {
     "infinite.",
     "where": "optional bool mask broadcastable to ``S``; False elements contribute exactly 0 to the value and to "
     "every gradient, even if their inputs are NaN or inf.",
+    "ignore_label": "static int or float, or None: elements whose label equals it (the -1 / 255 conventions of "
+    "partially labelled data) are masked as ``where=False`` masks them, and exempt from the labels value check.",
     "axis": "axes to reduce (None: all; an int or a tuple). With ``reduction='mean', axis=-1`` you get one loss "
     "per example.",
     "reduction": "``'none'`` (elementwise, 0 where masked), ``'sum'``, ``'mean'`` (default; divides by the number "
-    "of kept elements) or ``'weighted_mean'`` (divides by the sum of kept weights). A mean over nothing is 0.",
+    "of kept elements), ``'weighted_mean'`` (divides by the sum of kept weights) or ``'batchmean'`` (divides by "
+    "the number of examples along the leading axis that keep at least one element: the sum over classes, "
+    "averaged over examples; not with ``axis``). A mean over nothing is 0.",
 }
 
 
@@ -96,6 +101,7 @@ def loss(
                 where=values["where"],
                 axis=values["axis"],
                 reduction=values["reduction"],
+                ignore_label=values.get("ignore_label"),
             )
 
         function.__doc__ = _with_shared_arguments(body.__doc__, signature)

@@ -1,0 +1,229 @@
+"""The multi-label kit: ``reduction="batchmean"`` and ``ignore_label`` on every registered loss (driven by the
+registry), ``pos_weight`` on ``binary_cross_entropy``, and the class-balance helpers. References: float64 NumPy
+formulas and 50-digit mpmath (tests/reference.py), written independently of the package."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import pytest
+from jax.experimental import checkify
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxbce
+import reference
+from jaxbce._pipeline import Role
+from jaxbce._registry import LOSSES
+
+NAMES = list(LOSSES)
+WITH_LABELS = [name for name, loss in LOSSES.items() if any(role is Role.LABELS for _, role in loss.arrays)]
+
+
+def _inputs(name, shape=(4, 6), seed=0):
+    """The positional arrays of a loss (probabilities in (0, 1), labels in [0, 1], logits normal)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for _, role in LOSSES[name].arrays:
+        if role is Role.NON_NEGATIVE:
+            continue
+        if role is Role.LOGITS:
+            arrays.append(rng.normal(scale=3, size=shape).astype(np.float32))
+        elif role is Role.PROBABILITIES:
+            arrays.append(rng.uniform(0.01, 0.99, shape).astype(np.float32))
+        else:
+            arrays.append((rng.uniform(size=shape) > 0.5).astype(np.float32))
+    return arrays
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batchmean_is_the_sum_over_kept_examples(name):
+    function = LOSSES[name].function
+    arrays = _inputs(name)
+    where = np.ones((4, 6), bool)
+    where[1] = False  # a whole example dropped
+    where[2, :3] = False  # part of one
+    total = function(*arrays, where=where, reduction="sum")
+    np.testing.assert_allclose(function(*arrays, where=where, reduction="batchmean"), total / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        function(*arrays, reduction="batchmean"), function(*arrays, reduction="sum") / 4, rtol=1e-6
+    )
+    nothing = np.zeros((4, 6), bool)
+    value, grad = jax.value_and_grad(lambda x: function(x, *arrays[1:], where=nothing, reduction="batchmean"))(
+        arrays[0]
+    )
+    assert value == 0
+    assert not np.any(grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batchmean_rejects_axis_and_scalars(name):
+    function = LOSSES[name].function
+    arrays = _inputs(name)
+    with pytest.raises(ValueError, match="batchmean"):
+        function(*arrays, axis=-1, reduction="batchmean")
+    with pytest.raises(ValueError, match="leading batch axis"):
+        function(*(a[0, 0] for a in arrays), reduction="batchmean")
+
+
+def test_batchmean_under_sharding_equals_one_device():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    logits, labels = _inputs("binary_cross_entropy_with_logits", shape=(16, 5))
+    where = np.random.default_rng(1).uniform(size=(16, 5)) > 0.6
+    where[3] = False
+    loss = functools.partial(jaxbce.binary_cross_entropy_with_logits, reduction="batchmean")
+    expected = jax.value_and_grad(loss)(logits, labels, where=where)
+    sharding = NamedSharding(mesh, P("data"))
+    placed = [jax.device_put(a, sharding) for a in (logits, labels, where)]
+    got = jax.jit(jax.value_and_grad(lambda x, y, m: loss(x, y, where=m)))(*placed)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", WITH_LABELS)
+@pytest.mark.parametrize("ignore_label", [-1, 255])
+def test_ignore_label_masks_as_where_does(name, ignore_label):
+    function = LOSSES[name].function
+    first, labels = _inputs(name)
+    ignored = np.random.default_rng(2).uniform(size=labels.shape) < 0.3
+    marked = np.where(ignored, ignore_label, labels).astype(np.float32)
+    first = np.where(ignored, np.nan, first).astype(np.float32)  # ignored elements may hold anything
+    for reduction in ("none", "mean", "batchmean"):
+        ignoring = functools.partial(function, ignore_label=ignore_label, reduction=reduction)
+        masking = functools.partial(function, where=~ignored, reduction=reduction)
+        got = jax.value_and_grad(lambda x, f=ignoring: jnp.sum(f(x, marked)))(first)
+        expected = jax.value_and_grad(lambda x, f=masking: jnp.sum(f(x, labels)))(first)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        assert np.all(np.isfinite(got[1]))
+        assert not np.any(got[1][ignored])
+
+
+@pytest.mark.parametrize("name", WITH_LABELS)
+def test_ignored_labels_are_exempt_from_the_value_check(name):
+    function = LOSSES[name].function
+    first, labels = _inputs(name)
+    marked = labels.copy()
+    marked[0, 0] = -1
+    jaxbce.checked(function)(first, marked, ignore_label=-1)  # does not raise
+    with pytest.raises(checkify.JaxRuntimeError, match=r"labels must be in \[0, 1\]; got -1.0 at index \[0 0\]"):
+        jaxbce.checked(function)(first, marked)
+
+
+def test_ignore_label_with_integer_labels_and_bad_values():
+    logits = np.zeros((2, 3), np.float32)
+    labels = np.array([[0, 1, 255], [255, 255, 1]], np.uint8)
+    got = jaxbce.binary_cross_entropy_with_logits(logits, labels, ignore_label=255, reduction="sum")
+    np.testing.assert_allclose(got, 3 * np.log(2), rtol=1e-6)
+    with pytest.raises(TypeError, match="ignore_label must be None or a Python int or float"):
+        jaxbce.binary_cross_entropy_with_logits(logits, labels, ignore_label="255")
+
+
+# pos_weight on binary_cross_entropy
+
+
+def test_probability_bce_pos_weight_against_mpmath():
+    p = np.array([1e-6, 0.1, 0.3, 0.5, 0.7, 0.999, 0.0, 1.0], np.float32)
+    y = np.array([1.0, 0.0, 0.3, 1.0, 1.0, 0.2, 1.0, 0.0], np.float32)
+    pw = np.array([3.0, 3.0, 0.5, 2.0, 0.25, 4.0, 3.0, 3.0], np.float32)
+    value = jaxbce.binary_cross_entropy(p, y, pos_weight=pw, reduction="none")
+    scalar = reference.SCALAR["bce_with_probabilities"]
+    exact = [float(scalar(*map(float, v))) for v in zip(p, y, pw, strict=True)]
+    np.testing.assert_array_less(reference.eps_error(value, exact, dtype=np.float32), 2.0)
+    grad = jax.grad(lambda q: jnp.sum(jaxbce.binary_cross_entropy(q, y, pos_weight=pw, reduction="none")))(p)
+    # The documented gradient ((1 - y) p - pw y (1 - p)) / max(p (1 - p), 1e-12), in float64.
+    p64, y64, pw64 = (a.astype(np.float64) for a in (p, y, pw))
+    documented = ((1 - y64) * p64 - pw64 * y64 * (1 - p64)) / np.maximum(p64 * (1 - p64), 1e-12)
+    np.testing.assert_allclose(grad, documented, rtol=4e-7)
+
+
+def test_probability_bce_pos_weight_matches_the_logits_form():
+    rng = np.random.default_rng(3)
+    x = rng.normal(scale=2, size=(5, 4)).astype(np.float32)
+    y = rng.uniform(size=(5, 4)).astype(np.float32)
+    pw = np.array([0.5, 1.0, 2.0, 7.0], np.float32)  # per class
+    from_probs = jaxbce.binary_cross_entropy(jax.nn.sigmoid(x), y, pos_weight=pw)
+    from_logits = jaxbce.binary_cross_entropy_with_logits(x, y, pos_weight=pw)
+    np.testing.assert_allclose(from_probs, from_logits, rtol=2e-6)
+    np.testing.assert_array_equal(
+        jaxbce.binary_cross_entropy(jax.nn.sigmoid(x), y, pos_weight=1.0),
+        jaxbce.binary_cross_entropy(jax.nn.sigmoid(x), y),
+    )
+
+
+# Class-balance helpers
+
+
+def test_pos_weight_from_counts():
+    positives = np.array([10, 250, 0, 1000, 1])
+    got = jaxbce.pos_weight_from_counts(positives, 1000)
+    np.testing.assert_allclose(got, [99.0, 3.0, 1.0, 0.0, 999.0])
+    assert got.dtype == jnp.float32
+    per_class_totals = np.array([20, 500, 7, 1000, 2])
+    np.testing.assert_allclose(jaxbce.pos_weight_from_counts(positives, per_class_totals), [1.0, 1.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="total_counts of shape"):
+        jaxbce.pos_weight_from_counts(positives, np.ones(3))
+    with pytest.raises(checkify.JaxRuntimeError, match="positive_counts must be non-negative"):
+        jaxbce.checked(jaxbce.pos_weight_from_counts)(np.array([-1, 2]), 10)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.99999])
+def test_class_balanced_weights_against_mpmath(beta):
+    counts = np.array([0, 1, 7, 100, 5000, 123456])
+    got = np.asarray(jaxbce.class_balanced_weights(counts, beta=beta))
+    mpmath.mp.dps = 50
+    b = mpmath.mpf(beta)
+    raw = [mpmath.mpf(0) if n == 0 else (1 - b) / (1 - b ** int(n)) for n in counts]
+    exact = [float(r * len(counts) / sum(raw)) for r in raw]
+    assert got[0] == 0
+    np.testing.assert_array_less(reference.eps_error(got[1:], exact[1:], dtype=np.float32), 8.0)
+    np.testing.assert_allclose(got.sum(), len(counts), rtol=1e-6)
+
+
+def test_class_balanced_weights_edge_cases():
+    np.testing.assert_array_equal(jaxbce.class_balanced_weights(np.zeros(3)), np.zeros(3))
+    np.testing.assert_allclose(jaxbce.class_balanced_weights(np.array([3, 50, 9000]), beta=0.0), np.ones(3))
+    batched = jaxbce.class_balanced_weights(np.array([[1, 2, 3], [4, 0, 6]]), beta=0.5)
+    np.testing.assert_allclose(batched.sum(-1), [3.0, 3.0], rtol=1e-6)
+    for beta in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match="beta must be a Python float in"):
+            jaxbce.class_balanced_weights(np.ones(3), beta=beta)
+    with pytest.raises(ValueError, match="class axis"):
+        jaxbce.class_balanced_weights(5)
+
+
+# Poly-1
+
+
+@pytest.mark.parametrize(
+    ("reference_function", "function", "options"),
+    [
+        (reference.bce_with_logits, jaxbce.binary_cross_entropy_with_logits, {}),
+        (reference.bce_with_logits, jaxbce.binary_cross_entropy_with_logits, {"label_smoothing": 0.1}),
+        (reference.sigmoid_focal, jaxbce.sigmoid_focal_loss, {"alpha": 0.25, "gamma": 2.0}),
+        (reference.sigmoid_focal, jaxbce.sigmoid_focal_loss, {"alpha": None, "gamma": 0.5}),
+        (reference.sigmoid_focal, jaxbce.sigmoid_focal_loss, {"alpha": 0.25, "gamma": 4.0, "label_smoothing": 0.1}),
+    ],
+    ids=["bce", "bce-smoothed", "focal-2", "focal-0.5", "focal-4-smoothed"],
+)
+@pytest.mark.parametrize("poly_epsilon", [1.0, 2.5])
+def test_poly1_value_and_gradient_against_mpmath(reference_function, function, options, poly_epsilon):
+    """Poly-1 with poly_epsilon >= 0 (both terms non-negative): loss within 2 eps (relative) and gradient within
+    2 eps of the contract's scale, of 50 digits, over logits in [-1e4, 1e4], hard and soft labels."""
+    x = reference.logit_grid(np.float32, dense=201, log_points=120, tail=121)
+    for label in (0.0, 1.0, 0.3):
+        y = np.full_like(x, label)
+        exact, exact_grad, scale = reference_function(x, y, **options, poly_epsilon=poly_epsilon)
+        loss = functools.partial(function, **options, poly_epsilon=poly_epsilon, reduction="none")
+        value = loss(x, y)
+        grad = jax.grad(lambda v, y=y, loss=loss: jnp.sum(loss(v, y)))(x)
+        # Where the loss and Poly-1's term are both subnormal but their sum is not (within a factor 1 + eps of
+        # the smallest normal number), XLA flushes the terms to 0 before they are added: not counted, as the
+        # contract does not count subnormal results.
+        counted = np.abs(exact) >= (1 + poly_epsilon) * np.finfo(np.float32).tiny
+        assert reference.eps_error(value, exact, dtype=np.float32)[counted].max() <= 2.0
+        hard = label in (0.0, 1.0) and not options.get("label_smoothing")
+        grad_error = reference.eps_error(grad, exact_grad, None if hard else scale, dtype=np.float32)
+        assert grad_error[np.abs(exact_grad) >= (1 + poly_epsilon) * np.finfo(np.float32).tiny].max() <= 2.0
