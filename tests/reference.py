@@ -169,10 +169,10 @@ def _bce_with_probabilities_scalar(p, y, pos_weight=None, *, label_smoothing=0.0
     return -(pw * ys * log_p + (1 - ys) * log_not_p)
 
 
-def _sigmoid_focal_scalar(x, y, *, alpha, gamma, label_smoothing=0.0, poly_epsilon=0.0):
+def _sigmoid_focal_scalar(x, y, alpha=0.25, *, gamma, label_smoothing=0.0, poly_epsilon=0.0):
     x, ys = _mpf(x), _smoothed(y, label_smoothing) if label_smoothing else _mpf(y)
     q = _one_minus_p_t(x, ys)
-    alpha_t = 1 if alpha is None else alpha * ys + (1 - _mpf(alpha)) * (1 - ys)
+    alpha_t = 1 if alpha is None else _mpf(alpha) * ys + (1 - _mpf(alpha)) * (1 - ys)
     ce = ys * mpmath.log1p(mpmath.exp(-x)) + (1 - ys) * mpmath.log1p(mpmath.exp(x))
     return alpha_t * q**gamma * ce + _mpf(poly_epsilon) * q ** (gamma + 1)
 

@@ -35,9 +35,10 @@ def _sample(role, shape, rng):
 def test_registered_losses_export_with_a_symbolic_batch(name, reduction):
     loss = LOSSES[name]
     (batch,) = export.symbolic_shape("b")
-    # (shape with the symbolic batch, role) of every array: the loss's own, a per-class pos_weight, a
-    # per-element weight and a per-row mask.
-    arrays = [(name, (CLASSES,) if role is Role.NON_NEGATIVE else None, role) for name, role in loss.arrays]
+    # (shape with the symbolic batch, role) of every array: the loss's own, a per-class pos_weight or alpha,
+    # a per-element weight and a per-row mask.
+    per_class = (Role.NON_NEGATIVE, Role.FRACTION)
+    arrays = [(name, (CLASSES,) if role in per_class else None, role) for name, role in loss.arrays]
     if loss.takes_weight:
         arrays.append(("weight", None, Role.NON_NEGATIVE))
     arrays.append(("where", (None, 1), None))

@@ -27,7 +27,7 @@ def _inputs(name, shape=(4, 6), seed=0):
     rng = np.random.default_rng(seed)
     arrays = []
     for _, role in LOSSES[name].arrays:
-        if role is Role.NON_NEGATIVE:
+        if role in (Role.NON_NEGATIVE, Role.FRACTION):
             continue
         if role is Role.LOGITS:
             arrays.append(rng.normal(scale=3, size=shape).astype(np.float32))
@@ -227,3 +227,29 @@ def test_poly1_value_and_gradient_against_mpmath(reference_function, function, o
         hard = label in (0.0, 1.0) and not options.get("label_smoothing")
         grad_error = reference.eps_error(grad, exact_grad, None if hard else scale, dtype=np.float32)
         assert grad_error[np.abs(exact_grad) >= (1 + poly_epsilon) * np.finfo(np.float32).tiny].max() <= 2.0
+
+
+# Per-class alpha
+
+
+def test_per_class_alpha_equals_per_column_static_alpha():
+    rng = np.random.default_rng(4)
+    x = rng.normal(scale=4, size=(6, 3)).astype(np.float32)
+    y = rng.uniform(size=(6, 3)).astype(np.float32)
+    alpha = np.array([0.1, 0.5, 0.875], np.float32)  # exact in float32, so static and traced forms agree
+    got = jaxbce.sigmoid_focal_loss(x, y, alpha=alpha, gamma=1.5, reduction="none")
+    for c, a in enumerate(alpha.tolist()):
+        expected = jaxbce.sigmoid_focal_loss(x[:, c], y[:, c], alpha=a, gamma=1.5, reduction="none")
+        np.testing.assert_allclose(got[:, c], expected, rtol=2e-7)
+    # d/d alpha_c = sum over the column of (2 y - 1) (1 - p_t)**gamma bce, in float64 from the alpha-free loss.
+    unweighted = np.asarray(jaxbce.sigmoid_focal_loss(x, y, alpha=None, gamma=1.5, reduction="none"), np.float64)
+    grad = jax.grad(lambda a: jaxbce.sigmoid_focal_loss(x, y, alpha=a, gamma=1.5, reduction="sum"))(alpha)
+    np.testing.assert_allclose(grad, ((2 * y - 1) * unweighted).sum(0), rtol=1e-5)
+
+
+def test_alpha_range_is_checked_statically_or_under_checkify():
+    x, y = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        jaxbce.sigmoid_focal_loss(x, y, alpha=1.5)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"alpha must be in \[0, 1\]; got 1.5 at index \[2\]"):
+        jaxbce.checked(jaxbce.sigmoid_focal_loss)(x, y, alpha=np.array([0.2, 0.3, 1.5], np.float32))

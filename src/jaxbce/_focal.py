@@ -115,7 +115,7 @@ class _FocalTerms(NamedTuple):
     alpha_t: dw.Pair | None
 
 
-def _focal_terms(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+def _focal_terms(x: jax.Array, y: jax.Array, alpha: jax.Array | None, gamma: float, label_smoothing: float):
     """The parts of the focal loss and of its derivative in x as pairs (``_double_word``), each within a small
     fraction of an eps.
 
@@ -147,15 +147,14 @@ def _focal_terms(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, 
         d_factor = dw.select(is_zero, zero, d_factor)
     alpha_t = None
     if alpha is not None:
-        alpha_t = dw.add(
-            dw.multiply(positive, dw.constant(alpha, dtype)),
-            dw.multiply(negative, dw.constant(1 - fractions.Fraction(alpha), dtype)),
-        )
+        # alpha y_s + (1 - alpha)(1 - y_s), with 1 - alpha an exact pair.
+        one_minus_alpha = dw.fast_two_sum(jnp.ones_like(alpha), -alpha)
+        alpha_t = dw.add(dw.multiply(positive, alpha), dw.multiply(negative, one_minus_alpha))
     return _FocalTerms(factor, d_factor, dw.add(sigmoid_x, dw.negative(positive)), alpha_t)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float, label_smoothing: float):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: jax.Array | None, gamma: float, label_smoothing: float):
     """alpha_t * (1 - p_t)**gamma * bce(x, y) (torchvision / RetinaNet, soft labels allowed): the product of
     the pair factors (``_focal_terms``) and bce is rounded once."""
     ce = bce_with_logits(x, y, None, label_smoothing)
@@ -166,7 +165,7 @@ def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: float | None, gamma: float,
 
 
 @define_partials(sigmoid_focal)
-def _sigmoid_focal_partials(alpha, gamma, label_smoothing, x, y):
+def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
     positive, negative = smoothed_labels(y, label_smoothing)
     ce = bce_with_logits(x, y, None, label_smoothing)
     alpha_t = _alpha_t(alpha, positive, negative)
@@ -206,7 +205,11 @@ def _sigmoid_focal_partials(alpha, gamma, label_smoothing, x, y):
             d = d + (2 * alpha - 1) * zero_times(factor, ce)
         return d * (1 - label_smoothing)
 
-    return d_logits, d_labels
+    def d_alpha():
+        # alpha_t' = y_s - (1 - y_s); the rest of the loss is factor * ce (0 * inf = 0 as above).
+        return (positive - negative) * zero_times(factor, ce)
+
+    return d_logits, d_labels, d_alpha
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))

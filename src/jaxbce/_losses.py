@@ -166,10 +166,9 @@ def binary_cross_entropy(
 
 
 @loss(
-    arrays={"logits": Role.LOGITS, "labels": Role.LABELS},
+    arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "alpha": Role.FRACTION},
     core=_focal.sigmoid_focal,
     options={
-        "alpha": (0.25, None, 0.5),
         "gamma": (2.0, 0.0, 0.5, 1.7),
         "label_smoothing": (0.0, 0.1),
         "poly_epsilon": (0.0, 1.0, -1.0),
@@ -181,7 +180,7 @@ def sigmoid_focal_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
-    alpha: float | None = 0.25,
+    alpha: float | jax.typing.ArrayLike | None = 0.25,
     gamma: float = 2.0,
     weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
@@ -215,8 +214,10 @@ def sigmoid_focal_loss(
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
       labels: array of shape exactly ``S`` (floating, integer or bool) in [0, 1].
-      alpha: static weight of the positive class in [0, 1], or None to turn ``alpha_t`` off (torchvision's
-        ``alpha=-1``).
+      alpha: weight of the positive class in [0, 1], or None to turn ``alpha_t`` off (torchvision's
+        ``alpha=-1``). A Python float is static (checked when traced, one compilation per value); an array
+        broadcastable to ``S`` (a per-class alpha of shape ``(C,)``) is traced and differentiable, and its range
+        is checked under :func:`jaxbce.checked`.
       gamma: static focusing parameter ``>= 0``.
       label_smoothing: static float ``s`` in [0, 1], applied to the labels before ``p_t`` and ``alpha_t`` (Keras
         ``BinaryFocalCrossentropy(apply_class_balancing=True)`` does the same).
@@ -237,11 +238,12 @@ def sigmoid_focal_loss(
       >>> jax.grad(jaxbce.sigmoid_focal_loss)(jnp.array([1000.0, -3.0]), jnp.array([0.0, 1.0]), gamma=0.0)
       Array([ 0.375     , -0.11907177], dtype=float32)
     """
-    alpha = check_fraction("alpha", alpha, allow_none=True)
+    if alpha is None or isinstance(alpha, int | float):  # static: checked now; an array is checked by checkify
+        check_fraction("alpha", alpha, allow_none=True)
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
         raise ValueError(f"gamma must be a Python float >= 0, got {gamma!r}")
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    core = functools.partial(_focal.sigmoid_focal, alpha=alpha, gamma=float(gamma), label_smoothing=label_smoothing)
+    core = functools.partial(_focal.sigmoid_focal, gamma=float(gamma), label_smoothing=label_smoothing)
     return _plus_poly1(core, check_real("poly_epsilon", poly_epsilon), gamma + 1.0, label_smoothing)
 
 

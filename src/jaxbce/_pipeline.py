@@ -41,17 +41,25 @@ class Role(enum.Enum):
     PROBABILITIES = "probabilities"  # real floating; values in [0, 1]
     LABELS = "labels"  # floating, integer or bool; values in [0, 1]
     NON_NEGATIVE = "non-negative"  # real floating or integer, broadcast to the first argument's shape; >= 0
+    FRACTION = "fraction"  # real floating or integer, broadcast to the first argument's shape; in [0, 1]
 
 
 # Where an element is masked out the core sees these instead of the user's (possibly NaN) values.
-_MASKED_VALUE = {Role.LOGITS: 0.0, Role.PROBABILITIES: 0.5, Role.LABELS: 0.0, Role.NON_NEGATIVE: 1.0}
+_MASKED_VALUE = {
+    Role.LOGITS: 0.0,
+    Role.PROBABILITIES: 0.5,
+    Role.LABELS: 0.0,
+    Role.NON_NEGATIVE: 1.0,
+    Role.FRACTION: 0.5,
+}
+_BROADCAST_ROLES = (Role.NON_NEGATIVE, Role.FRACTION)
 _MASKED_WEIGHT = 0.0  # a masked weight is 0, so that it drops out of the "weighted_mean" denominator
 
 
 @dataclasses.dataclass(frozen=True)
 class Arg:
     """One array argument of a loss. The first of a call sets the shape; the others must match it exactly,
-    except ``Role.NON_NEGATIVE`` ones, which only have to broadcast to it."""
+    except ``Role.NON_NEGATIVE`` and ``Role.FRACTION`` ones, which only have to broadcast to it."""
 
     name: str
     value: jax.typing.ArrayLike | None
@@ -211,7 +219,7 @@ def register_value_checks(name: str, role: Role, array: jax.Array, keep: jax.Arr
     if not value_checks_enabled() or array.size == 0 or (role is Role.LABELS and array.dtype == np.bool_):
         return
     checks = [(~jnp.isnan(array), "must not be NaN")] if jnp.issubdtype(array.dtype, jnp.floating) else []
-    if role in (Role.LABELS, Role.PROBABILITIES):
+    if role in (Role.LABELS, Role.PROBABILITIES, Role.FRACTION):
         checks.append((jnp.isnan(array) | ((array >= 0) & (array <= 1)), "must be in [0, 1]"))
     elif role is Role.NON_NEGATIVE:
         checks.append((jnp.isnan(array) | (array >= 0), "must be non-negative"))
@@ -276,7 +284,7 @@ def compute_loss(
             arrays.append(None)
             continue
         array = as_checked_array(arg)
-        if arg.role is Role.NON_NEGATIVE:
+        if arg.role in _BROADCAST_ROLES:
             check_broadcasts(arg.name, array.shape, shape, first.name)
         elif array.shape != shape:
             raise ValueError(
@@ -353,23 +361,38 @@ def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
     """``jax.jit`` of a public loss, with its keyword-only options that are not arrays (``axis``,
     ``reduction``, ``label_smoothing``, ...; read from the signature) static, and whether value checks are on
     (:func:`value_checks`, read when the call is traced) part of the cache key."""
-    static = tuple(
-        name
+    options = {
+        name: parameter
         for name, parameter in inspect.signature(loss).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and jax.Array not in typing.get_args(parameter.annotation)
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    static = tuple(name for name, p in options.items() if jax.Array not in typing.get_args(p.annotation))
+    # An array option with a Python-number default (the focal loss's alpha) is static while it is given as a
+    # Python number or None (checked at trace time, one compilation per value) and traced when it is an array.
+    scalar_or_array = tuple(
+        name for name, p in options.items() if name not in static and isinstance(p.default, int | float)
     )
 
     def traced(*args, checks_on, **kwargs):
         with value_checks(checks_on):
             return loss(*args, **kwargs)
 
-    jitted = jax.jit(traced, static_argnames=(*static, "checks_on"))
+    @functools.cache
+    def jitted(static_names: tuple[str, ...]):
+        return jax.jit(traced, static_argnames=(*static_names, "checks_on"))
 
     @functools.wraps(loss)
     def call(*args, **kwargs):
-        return jitted(*args, checks_on=value_checks_enabled(), **kwargs)
+        scalars = tuple(
+            name for name in scalar_or_array if name in kwargs and (kwargs[name] is None or _is_number(kwargs[name]))
+        )
+        return jitted((*static, *scalars))(*args, checks_on=value_checks_enabled(), **kwargs)
 
     return call
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def checked(fn: Callable[..., T]) -> Callable[..., T]:
