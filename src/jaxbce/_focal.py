@@ -61,20 +61,26 @@ def _q_power(x: jax.Array, positive: jax.Array, negative: jax.Array, exponent: f
     return jnp.where(safe == q, power if exponent >= 0 else 1 / power, 0.0 if exponent else 1.0)
 
 
+def _q_power_slope(x, positive, negative, exponent):
+    """d/dx q**exponent = exponent q**exponent r, with r = (log q)' bounded (see the module docs)."""
+    return exponent * _q_power(x, positive, negative, exponent) * _log_q_slope(x, positive, negative)
+
+
+def _q_power_label_slope(x, positive, negative, exponent):
+    """d/dy_s q**exponent = exponent q**(exponent - 1) (sigmoid(-x) - sigmoid(x))."""
+    return exponent * _q_power(x, positive, negative, exponent - 1) * (sigmoid(-x) - sigmoid(x))
+
+
 @define_partials(_q_power)
 def _q_power_partials(exponent, x, positive, negative):
-    # In x, exponent q**exponent r with r = (log q)' bounded (see the module docs); in the labels,
-    # exponent q**(exponent - 1) dq, with dq = sigmoid(-x) d positive + sigmoid(x) d negative.
-    def d_logits():
-        return exponent * _q_power(x, positive, negative, exponent) * _log_q_slope(x, positive, negative)
-
+    # In the labels, exponent q**(exponent - 1) dq, with dq = sigmoid(-x) d positive + sigmoid(x) d negative.
     def d_positive():
         return exponent * _q_power(x, positive, negative, exponent - 1) * sigmoid(-x)
 
     def d_negative():
         return exponent * _q_power(x, positive, negative, exponent - 1) * sigmoid(x)
 
-    return d_logits, d_positive, d_negative
+    return lambda: _q_power_slope(x, positive, negative, exponent), d_positive, d_negative
 
 
 @jax.custom_jvp
@@ -182,7 +188,7 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
     def d_logits():
         s = sigmoid_nonpositive(neg_abs(x))
         d_ce = jnp.where(x > 0, 1, -1) * (bce_coefficients(x, y, None, label_smoothing)[0] - s)
-        plain = product_rule(lambda: gamma * factor * _log_q_slope(x, positive, negative), d_ce)
+        plain = product_rule(lambda: _q_power_slope(x, positive, negative, gamma), d_ce)
         # The value from pairs (one rounding at the end). Both terms are scaled up by 2**-exponent so that the
         # factor is in [1, 2) (it is at most 1), and neither term is flushed to zero as a subnormal number
         # where the result is a normal one.
@@ -198,9 +204,8 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
         return corrected(plain, accurate)
 
     def d_labels():
-        # d/dy_s, then dy_s/dy = 1 - s: factor' = gamma q**(gamma - 1) (sigmoid(-x) - sigmoid(x)), ce' = -x,
-        # alpha_t' = 2 alpha - 1.
-        d = product_rule(lambda: gamma * _q_power(x, positive, negative, gamma - 1) * (sigmoid(-x) - sigmoid(x)), -x)
+        # d/dy_s, then dy_s/dy = 1 - s: ce' = -x, alpha_t' = 2 alpha - 1.
+        d = product_rule(lambda: _q_power_label_slope(x, positive, negative, gamma), -x)
         if alpha is not None:
             d = d + (2 * alpha - 1) * zero_times(factor, ce)
         return d * (1 - label_smoothing)
@@ -213,24 +218,22 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def q_power(x: jax.Array, y: jax.Array, exponent: float, label_smoothing: float) -> jax.Array:
+def accurate_q_power(x: jax.Array, y: jax.Array, exponent: float, label_smoothing: float) -> jax.Array:
     """(1 - p_t)**exponent for exponent >= 1 (Poly-1's term), from the pairs of ``_focal_terms`` and rounded once:
     exact to rounding where 1 - p_t is tiny as elsewhere. Its gradient comes from the same pairs, and the
     higher derivatives from the plain form, as for the focal loss."""
     return dw.value(_focal_terms(x, y, None, exponent, label_smoothing).factor)
 
 
-@define_partials(q_power)
-def _q_power_of_labels_partials(exponent, label_smoothing, x, y):
+@define_partials(accurate_q_power)
+def _accurate_q_power_partials(exponent, label_smoothing, x, y):
     positive, negative = smoothed_labels(y, label_smoothing)
 
     def d_logits():
-        plain = exponent * _q_power(x, positive, negative, exponent) * _log_q_slope(x, positive, negative)
         accurate = dw.value(_focal_terms(x, y, None, exponent, label_smoothing).d_factor)
-        return corrected(plain, accurate)
+        return corrected(_q_power_slope(x, positive, negative, exponent), accurate)
 
     def d_labels():
-        d_q = sigmoid(-x) - sigmoid(x)
-        return exponent * _q_power(x, positive, negative, exponent - 1) * d_q * (1 - label_smoothing)
+        return _q_power_label_slope(x, positive, negative, exponent) * (1 - label_smoothing)
 
     return d_logits, d_labels

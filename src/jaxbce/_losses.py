@@ -23,7 +23,7 @@ import functools
 import jax
 
 from jaxbce import _elementwise, _focal
-from jaxbce._pipeline import Role, check_fraction, check_real
+from jaxbce._pipeline import Role, check_fraction, check_real, is_python_number
 from jaxbce._registry import loss
 
 
@@ -238,7 +238,7 @@ def sigmoid_focal_loss(
       >>> jax.grad(jaxbce.sigmoid_focal_loss)(jnp.array([1000.0, -3.0]), jnp.array([0.0, 1.0]), gamma=0.0)
       Array([ 0.375     , -0.11907177], dtype=float32)
     """
-    if alpha is None or isinstance(alpha, int | float):  # static: checked now; an array is checked by checkify
+    if alpha is None or is_python_number(alpha):  # static (jit_loss): checked now; an array, by checkify
         check_fraction("alpha", alpha, allow_none=True)
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
         raise ValueError(f"gamma must be a Python float >= 0, got {gamma!r}")
@@ -251,7 +251,8 @@ def _plus_poly1(core, poly_epsilon: float, exponent: float, label_smoothing: flo
     """``core`` plus Poly-1's ``poly_epsilon * (1 - p_t)**exponent``, or ``core`` itself for ``poly_epsilon = 0``."""
     if not poly_epsilon:
         return core
-    return lambda x, y, *rest: core(x, y, *rest) + poly_epsilon * _focal.q_power(x, y, exponent, label_smoothing)
+    poly = functools.partial(_focal.accurate_q_power, exponent=exponent, label_smoothing=label_smoothing)
+    return lambda x, y, *rest: core(x, y, *rest) + poly_epsilon * poly(x, y)
 
 
 @loss(

@@ -148,18 +148,23 @@ def check_reduction(reduction, axis=None, *, valid: Sequence[str] = REDUCTIONS) 
         raise ValueError(f"axis={axis!r} cannot be combined with reduction={reduction!r}; leave it as None")
 
 
+def _is_static_number(value) -> bool:
+    """A Python or NumPy number, not a bool: what the static numeric options accept."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
 def check_ignore_label(ignore_label) -> float | None:
     """A static Python number (the -1 / 255 conventions) or None."""
     if ignore_label is None:
         return None
-    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int | float | np.number):
+    if not _is_static_number(ignore_label):
         raise TypeError(f"ignore_label must be None or a Python int or float, got {ignore_label!r}")
     return ignore_label
 
 
 def check_real(name: str, value) -> float:
     """A static finite Python number (poly_epsilon)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
+    if not _is_static_number(value) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite Python float, got {value!r}")
     return float(value)
 
@@ -168,7 +173,7 @@ def check_fraction(name: str, value, *, allow_none: bool = False) -> float | Non
     """A static Python number in [0, 1] (label_smoothing, alpha)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+    if not _is_static_number(value):
         raise TypeError(f"{name} must be a Python float in [0, 1], got {value!r}")
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -384,14 +389,17 @@ def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(loss)
     def call(*args, **kwargs):
         scalars = tuple(
-            name for name in scalar_or_array if name in kwargs and (kwargs[name] is None or _is_number(kwargs[name]))
+            name
+            for name in scalar_or_array
+            if name in kwargs and (kwargs[name] is None or is_python_number(kwargs[name]))
         )
         return jitted((*static, *scalars))(*args, checks_on=value_checks_enabled(), **kwargs)
 
     return call
 
 
-def _is_number(value) -> bool:
+def is_python_number(value) -> bool:
+    """A Python int or float, not a bool: how :func:`jit_loss` tells a static value of an array option."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -12,7 +12,7 @@ from jaxbce._pipeline import Arg, Role, as_checked_array, check_broadcasts, comp
 def _counts(name: str, value: jax.typing.ArrayLike) -> jax.Array:
     counts = as_checked_array(Arg(name, value, Role.NON_NEGATIVE))
     register_value_checks(name, Role.NON_NEGATIVE, counts, None)
-    return counts.astype(compute_dtype(counts.dtype if jnp.issubdtype(counts.dtype, jnp.floating) else jnp.float32))
+    return counts.astype(compute_dtype(counts.dtype))  # integer counts: float32
 
 
 @jax.jit
