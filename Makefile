@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed bench-fused clean
+.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-accuracy bench-speed bench-fused
+bench: bench-accuracy bench-speed bench-fused bench-contrastive
 	$(BIN)/python bench/report.py
 	cp bench/results/*.png docs/assets/
 
@@ -49,6 +49,9 @@ bench-speed: $(STAMP)
 
 bench-fused: $(STAMP)
 	$(BIN)/python bench/fused.py
+
+bench-contrastive: $(STAMP)
+	$(BIN)/python bench/contrastive.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

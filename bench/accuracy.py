@@ -40,6 +40,7 @@ optax = optional("optax")
 torch = optional("torch")
 keras = optional("keras")
 torchvision = optional("torchvision") if torch is not None else None
+timm = optional("timm.loss") if torchvision is not None else None
 
 
 def jax_value_and_grad(fn):
@@ -235,6 +236,82 @@ def probability_bce_table():
     return table
 
 
+def asl_reference_formula(gamma_pos, gamma_neg, clip, eps=1e-8):
+    """The ASL reference implementation's formula (Ridnik et al.'s code, as in timm's AsymmetricLossMultiLabel),
+    transcribed to JAX: probabilities, 1 - p by subtraction, the clip, an eps clamp before each log."""
+
+    def loss(x, y):
+        p = jax.nn.sigmoid(x)
+        not_p = jnp.minimum(1 - p + clip, 1) if clip else 1 - p
+        ce = y * jnp.log(jnp.maximum(p, eps)) + (1 - y) * jnp.log(jnp.maximum(not_p, eps))
+        weight = (1 - (p * y + not_p * (1 - y))) ** (gamma_pos * y + gamma_neg * (1 - y))
+        return -ce * weight
+
+    return loss
+
+
+ASL_SETTINGS = ((0.0, 4.0, 0.05), (1.0, 4.0, 0.05), (0.0, 2.0, 0.0), (0.0, 1.0, 0.05))
+
+
+def asymmetric_table(gamma_pos, gamma_neg, clip):
+    x = reference.logit_grid(F32, dense=801, log_points=600, tail=601)
+    options = {"gamma_pos": gamma_pos, "gamma_neg": gamma_neg, "clip": clip}
+    impls = {
+        "jaxbce": jax_value_and_grad(lambda x, y: jaxbce.asymmetric_loss(x, y, **options, reduction="none")),
+        "reference formula (JAX)": jax_value_and_grad(asl_reference_formula(gamma_pos, gamma_neg, clip)),
+    }
+    if timm is not None:
+        asl = timm.loss.AsymmetricLossMultiLabel(**options, reduction="none")
+        impls["timm"] = torch_value_and_grad(asl)
+    table: dict[str, dict[str, float]] = {}
+    for label in (0.0, 1.0):  # the reference's focusing exponent is not linear in soft labels
+        y = np.full_like(x, label)
+        ref_loss, ref_grad, scale = reference.asymmetric(x, y, **options)
+        accumulate(table, measure(impls, x, y, ref_loss, ref_grad, scale, True))
+    return table
+
+
+def poly1_tables():
+    """Poly-1 (poly_epsilon = 1) on the logits BCE and the focal loss, against the plain formula added to
+    the textbook BCE and to optax's focal loss. Results below twice the smallest normal number are not counted:
+    there the loss and Poly-1's term can both be subnormal where their sum is not, and XLA flushes each term
+    to 0 before the sum (as in tests/test_multilabel.py)."""
+    x = reference.logit_grid(F32, dense=801, log_points=600, tail=601)
+    floor = 2 * np.finfo(F32).tiny
+
+    def plain_poly(x, y, exponent):
+        return (1 - (jax.nn.sigmoid(x) * y + (1 - jax.nn.sigmoid(x)) * (1 - y))) ** exponent
+
+    settings = {
+        "binary_cross_entropy_with_logits, poly_epsilon=1": (
+            lambda x, y: jaxbce.binary_cross_entropy_with_logits(x, y, poly_epsilon=1.0, reduction="none"),
+            lambda x, y: textbook_bce(x, y) + plain_poly(x, y, 1.0),
+            "textbook + plain Poly-1",
+            lambda x, y: reference.bce_with_logits(x, y, poly_epsilon=1.0),
+        ),
+        "sigmoid_focal_loss, gamma=2, poly_epsilon=1": (
+            lambda x, y: jaxbce.sigmoid_focal_loss(x, y, gamma=2.0, poly_epsilon=1.0, reduction="none"),
+            None if optax is None else lambda x, y: optax.sigmoid_focal_loss(x, y, gamma=2.0) + plain_poly(x, y, 3.0),
+            "optax + plain Poly-1",
+            lambda x, y: reference.sigmoid_focal(x, y, alpha=0.25, gamma=2.0, poly_epsilon=1.0),
+        ),
+    }
+    results = {}
+    for setting, (ours, peer, peer_name, exact) in settings.items():
+        impls = {"jaxbce": jax_value_and_grad(ours)}
+        if peer is not None:
+            impls[peer_name] = jax_value_and_grad(peer)
+        table: dict[str, dict[str, float]] = {}
+        for label in (0.0, 1.0, 0.3):
+            y = np.full_like(x, label)
+            loss, grad, scale = exact(x, y)
+            counted = (np.abs(loss) >= floor) & ((np.abs(grad) >= floor) | (grad == 0))
+            rows = measure(impls, x[counted], y[counted], loss[counted], grad[counted], scale[counted], label != 0.3)
+            accumulate(table, rows)
+        results[setting] = table
+    return {"settings": results}
+
+
 def main():
     results = {
         "date": datetime.date.today().isoformat(),
@@ -242,7 +319,7 @@ def main():
         "backend": jax.default_backend(),
         "versions": {
             "jax": jax.__version__,
-            **{m.__name__: m.__version__ for m in (optax, torch, keras, torchvision) if m is not None},
+            **{m.__name__: m.__version__ for m in (optax, torch, keras, torchvision, timm) if m is not None},
         },
         "binary_cross_entropy_with_logits": bce_with_logits_table(),
         "sigmoid_focal_loss": {
@@ -250,6 +327,13 @@ def main():
         },
         "binary_cross_entropy": probability_bce_table(),
         **entropy_and_kl_table(),
+        "asymmetric_loss": {
+            "settings": {
+                f"gamma_pos={gp}, gamma_neg={gn}, clip={clip}": asymmetric_table(gp, gn, clip)
+                for gp, gn, clip in ASL_SETTINGS
+            }
+        },
+        "poly1": poly1_tables(),
     }
     missing = set(LOSSES) - set(results)
     if missing:

@@ -44,6 +44,11 @@ def accuracy_section(data) -> list[str]:
         ("binary_cross_entropy (probabilities)", data["binary_cross_entropy"]),
         ("binary_entropy", data["binary_entropy"]),
         ("binary_kl_divergence", data["binary_kl_divergence"]),
+        *(
+            (f"asymmetric_loss, {setting}, hard labels", t)
+            for setting, t in data["asymmetric_loss"]["settings"].items()
+        ),
+        *((f"Poly-1: {setting}", table) for setting, table in data["poly1"]["settings"].items()),
     )
     for title, table in sections:
         lines += [f"### {title}", "", "| implementation | loss | gradient | non-finite |", "|---|---|---|---|"]
@@ -131,6 +136,47 @@ def fused_section(data, backend: str) -> list[str]:
     return lines
 
 
+def contrastive_section(data, backend: str) -> list[str]:
+    lines = [
+        "## SigLIP loss (`sigmoid_contrastive_loss`)",
+        "",
+        f"{data['date']}, {data['machine']}, {', '.join(f'{k} {v}' for k, v in data['versions'].items())}. "
+        "`jit(value_and_grad)` in both embeddings, the scale and the bias, D = 256 (`bench/contrastive.py`): "
+        "`dense` is big_vision's form on the 8-device mesh (texts all-gathered, `b x B` logits per device), "
+        "`ring` the `ppermute` ring on the same mesh, `chunked` one device for the whole batch. Memory per "
+        "device from `memory_analysis()` (MiB), time the median after warm-up (– where compiled but not run). "
+        "The 8 devices share the machine's cores.",
+        "",
+        "| B | form | arguments | outputs | temporaries | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        for name, entry in row["forms"].items():
+            seconds = f"{entry['seconds']:.3g}" if "seconds" in entry else "–"
+            cells = " | ".join(f"{entry[k] / 2**20:.1f}" for k in ("argument_bytes", "output_bytes", "temp_bytes"))
+            lines.append(f"| {row['batch']:,} | {name} | {cells} | {seconds} |")
+    lines += ["", "Ratios:", "", "| B | ratio | value |", "|---|---|---|"]
+    for row in data["rows"]:
+        lines += [f"| {row['batch']:,} | {k} | {v:.3g} |" for k, v in row["ratios"].items()]
+    lines += ["", f"![memory and time](assets/contrastive-{backend}.png)", ""]
+    return lines
+
+
+def _contrastive_readme(data) -> list[str]:
+    table = [
+        "| B | ring temporaries / (b x b block + embeddings) | dense / ring temporaries | ring time / dense time |",
+        "|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        ratios = row["ratios"]
+        timed = ratios.get("ring time / dense time")
+        table.append(
+            f"| {row['batch']:,} | {ratios['ring temp / (local b x b block + local embeddings)']:.2f} "
+            f"| {ratios['dense temp / ring temp']:.1f} | {'dense not run' if timed is None else f'{timed:.2f}'} |"
+        )
+    return table
+
+
 # README tables: the headline rows of the committed results, in the README's words.
 _ACCURACY_NAMES = {
     "jaxbce": "**jaxbce**",
@@ -189,6 +235,17 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             cells = [f"**{c}**" for c in cells] if name == "jaxbce" else cells
             focal.append(f"| {label} | {' | '.join(cells)} |")
 
+    multilabel = ["| loss, setting | jaxbce | peers |", "|---|---|---|"]
+    for title, key in (("asymmetric_loss", "asymmetric_loss"), ("Poly-1", "poly1")):
+        for setting, table in accuracy[key]["settings"].items():
+            ours = table["jaxbce"]
+            peers = "; ".join(
+                f"{name}: {_short(row['loss'])} / {_short(row['grad'])}"
+                for name, row in table.items()
+                if name != "jaxbce"
+            )
+            multilabel.append(f"| {title}, {setting} | **{_short(ours['loss'])} / {_short(ours['grad'])}** | {peers} |")
+
     speed_data = json.loads((results / "speed-cpu.json").read_text())
     speed = [
         "| inputs | mode | jaxbce / floor | " + " | ".join(f"{p} / jaxbce" for p in _SPEED_PEERS) + " |",
@@ -218,7 +275,13 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             f"| {_gib(forms['jaxbce']['total_bytes'])} GiB | {_gib(forms['optax']['total_bytes'])} GiB "
             f"| {ratios['fused temp / (argument + output)']:.3f} | {' | '.join(times)} |"
         )
-    return {"accuracy-bce": bce, "accuracy-focal": focal, "speed": speed, "fused": fused}
+    return {
+        "accuracy-bce": bce,
+        "accuracy-focal": focal,
+        "accuracy-multilabel": multilabel,
+        "speed": speed,
+        "fused": fused,
+    }
 
 
 _GENERATED = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
@@ -238,6 +301,8 @@ def main() -> None:
         lines += speed_section(json.loads(path.read_text()))
     for path in sorted(RESULTS.glob("fused-*.json")):
         lines += fused_section(json.loads(path.read_text()), path.stem.removeprefix("fused-"))
+    for path in sorted(RESULTS.glob("contrastive-*.json")):
+        lines += contrastive_section(json.loads(path.read_text()), path.stem.removeprefix("contrastive-"))
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")
     readme = ROOT / "README.md"

@@ -36,6 +36,17 @@ def bce_float64(logits, labels, pos_weight=1.0):
     return loss, (1 - y) * sigmoid - pos_weight * y * (1 - sigmoid)
 
 
+def siglip_float64(images, texts, logit_scale, logit_bias):
+    """The SigLIP loss of the dense ``B x B`` logits and its gradients (images, texts, logit_scale,
+    logit_bias), in float64 NumPy from :func:`bce_float64` with the identity as labels."""
+    x, z = np.asarray(images, np.float64), np.asarray(texts, np.float64)
+    dots = x @ z.T
+    loss, d_logits = bce_float64(logit_scale * dots + logit_bias, np.eye(len(x)))
+    d_logits = d_logits / len(x)
+    gradients = (logit_scale * d_logits @ z, logit_scale * d_logits.T @ x, np.sum(d_logits * dots), np.sum(d_logits))
+    return loss.sum() / len(x), gradients
+
+
 class MLP(nnx.Module):
     """One GELU hidden layer. ``outputs=None``: one logit per example, shape ``(batch,)``."""
 

@@ -1,14 +1,17 @@
-"""Regenerate tests/data/golden.npz: reference values from PyTorch, torchvision and Keras.
+"""Regenerate tests/data/golden.npz: reference values from PyTorch, torchvision, Keras and timm.
 
 The tests compare jaxbce against these files, so they never need torch to run. Run this where the peers are
 installed (CPU builds are enough), for example in a scratch virtual environment:
 
-    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch torchvision keras numpy
+    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch torchvision keras timm numpy
     KERAS_BACKEND=torch /tmp/peers/bin/python scripts/make_golden.py
 
 Inputs come from a fixed NumPy seed and are stored next to the outputs. Peers compute in float64, so the
 stored values are references for jaxbce's float32 results and not float32 rounding noise. Keras converts
 logits to probabilities and clips them at 1e-7, so its cases keep |logits| <= 8, where clipping does not act.
+timm's AsymmetricLossMultiLabel computes in float32 whatever its input, so its inputs are float32 and its
+values are float32 results (accurate to about 1e-6 relative for |logits| <= 6); two elements at -20 and 30 show
+its probability clamp at 1e-8.
 """
 
 import os
@@ -18,6 +21,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras
 import numpy as np
+import timm
+import timm.loss
 import torch
 import torchvision
 
@@ -96,8 +101,34 @@ def main() -> None:
             )
             data[f"keras_focal_a{alpha}_g{gamma}_ls{smoothing}"] = keras.ops.convert_to_numpy(focal(keras_y, keras_x))
 
+    # timm's AsymmetricLossMultiLabel (ASL): hard labels, per-class weight and pos_weight, both gradient modes.
+    asl_x = rng.uniform(-6.0, 6.0, size=(6, 5)).astype(np.float32)
+    asl_x[0, :2] = [-20.0, 30.0]
+    asl_y = (rng.uniform(size=(6, 5)) > 0.6).astype(np.float32)
+    asl_y[0, :2] = [1.0, 0.0]
+    asl_w = rng.uniform(0.5, 2.0, size=5).astype(np.float32)
+    asl_pw = rng.uniform(0.5, 4.0, size=5).astype(np.float32)
+    data.update(asl_x=asl_x, asl_y=asl_y, asl_w=asl_w, asl_pw=asl_pw)
+    for gamma_neg, gamma_pos, clip in ((4.0, 0.0, 0.05), (4.0, 1.0, 0.05), (2.0, 1.0, 0.0), (0.0, 0.0, 0.0)):
+        for stop in (False, True):
+            name = f"asl_n{gamma_neg}_p{gamma_pos}_c{clip}_stop{int(stop)}"
+            kwargs = {"gamma_neg": gamma_neg, "gamma_pos": gamma_pos, "clip": clip}
+            kwargs |= {"disable_torch_grad_focal_loss": stop, "weight": torch.from_numpy(asl_w)}
+            kwargs["pos_weight"] = torch.from_numpy(asl_pw)
+            for reduction in ("none", "batchmean"):
+                asl = timm.loss.AsymmetricLossMultiLabel(reduction=reduction, **kwargs)
+                x = torch.from_numpy(asl_x).requires_grad_()
+                loss = asl(x, torch.from_numpy(asl_y))
+                data[f"{name}_{reduction}"] = loss.detach().numpy()
+                if reduction == "batchmean":
+                    loss.backward()
+                    data[f"{name}_grad"] = x.grad.numpy()
+
     data["versions"] = np.array(
-        [f"torch {torch.__version__}, torchvision {torchvision.__version__}, keras {keras.__version__}"]
+        [
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, keras {keras.__version__}, "
+            f"timm {timm.__version__}"
+        ]
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez(OUT, **data)

@@ -177,6 +177,44 @@ def _sigmoid_focal_scalar(x, y, alpha=0.25, *, gamma, label_smoothing=0.0, poly_
     return alpha_t * q**gamma * ce + _mpf(poly_epsilon) * q ** (gamma + 1)
 
 
+def _asymmetric_scalar(x, y, pos_weight=None, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    # The contract's formula: pw y (1 - p)**gamma_pos log(1/p) + (1 - y) p_m**gamma_neg log(1/(1 - p_m)), with
+    # 1 - p = sigmoid(-x) formed directly (not by subtraction, which rounds to 0 at 50 digits for x > 115).
+    x, y = _mpf(x), _mpf(y)
+    pw = 1 if pos_weight is None else _mpf(pos_weight)
+    p, not_p = 1 / (1 + mpmath.exp(-x)), 1 / (1 + mpmath.exp(x))
+    positive = not_p**gamma_pos * mpmath.log1p(mpmath.exp(-x))
+    if clip:
+        p_m = max(p - _mpf(clip), 0)
+        negative = p_m**gamma_neg * -mpmath.log(not_p + _mpf(clip)) if p_m > 0 else _mpf(0)
+    else:
+        negative = p**gamma_neg * mpmath.log1p(mpmath.exp(x))
+    return pw * y * positive + (1 - y) * negative
+
+
+def asymmetric(x, y, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    """ASL value and its d/dlogits from the formula's derivative (p' = p (1 - p), d(-log(1 - p_m)) = p' / (1 - p_m)),
+    with the size of the two terms' derivatives as the scale."""
+
+    def one(x, y):
+        x, y = _mpf(x), _mpf(y)
+        p, s = 1 / (1 + mpmath.exp(-x)), 1 / (1 + mpmath.exp(x))
+        d_positive = -(s**gamma_pos) * (gamma_pos * p * mpmath.log1p(mpmath.exp(-x)) + s)
+        p_m = p - _mpf(clip)
+        if p_m <= 0:
+            d_negative = _mpf(0)
+        else:
+            v = s + _mpf(clip)
+            # -log(v), as softplus(x) without a clip (log(s) rounds to 0 at 50 digits for x < -115).
+            neg_log_v = mpmath.log1p(mpmath.exp(x)) if clip == 0 else -mpmath.log(v)
+            lower = p_m ** (gamma_neg - 1) * gamma_neg * neg_log_v if gamma_neg else 0
+            d_negative = p * s * (lower + p_m**gamma_neg / v)
+        value = _asymmetric_scalar(x, y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+        return value, y * d_positive + (1 - y) * d_negative, y * abs(d_positive) + (1 - y) * abs(d_negative)
+
+    return _elementwise(one, x, y)
+
+
 def _binary_entropy_scalar(x):
     p, not_p = 1 / (1 + mpmath.exp(-_mpf(x))), 1 / (1 + mpmath.exp(_mpf(x)))
     return -p * mpmath.log(p) - not_p * mpmath.log(not_p)
@@ -194,6 +232,7 @@ SCALAR = {
     "bce_with_logits": _bce_with_logits_scalar,
     "bce_with_probabilities": _bce_with_probabilities_scalar,
     "sigmoid_focal": _sigmoid_focal_scalar,
+    "asymmetric": _asymmetric_scalar,
     "binary_entropy": _binary_entropy_scalar,
     "binary_kl_divergence": _binary_kl_divergence_scalar,
 }

@@ -279,6 +279,52 @@ class MaskingAndLimitsTest(chex.TestCase):
             )
 
 
+class IgnoreLabelTest(parameterized.TestCase):
+    @parameterized.product(reduction=["none", "sum", "mean", "batchmean"], chunk_size=[8, 15])
+    def test_equals_the_materialised_loss_with_ignore_label(self, reduction, chunk_size):
+        """Dense labels with -1 (unknown) elements, a row with every label unknown and a masked row: value and
+        gradients equal binary_cross_entropy_with_logits(..., ignore_label=-1) of the materialised logits
+        (whose mean counts kept elements and whose batchmean counts examples with a known label)."""
+        p = _problem(seed=13)
+        rng = np.random.default_rng(13)
+        labels = np.where(rng.uniform(size=p["labels"].shape) < 0.3, -1, p["labels"]).astype(np.int32)
+        labels[4] = -1
+        where = np.ones(BATCH, bool)
+        where[7] = False
+
+        def fused(features, kernel, bias):
+            return jaxbce.linear_binary_cross_entropy(
+                features, kernel, labels, bias=bias, pos_weight=p["pos_weight"], where=where, ignore_label=-1,
+                reduction=reduction, chunk_size=chunk_size,
+            )  # fmt: skip
+
+        def materialised(features, kernel, bias):
+            elementwise_reduction = "sum" if reduction == "none" else reduction
+            return jaxbce.binary_cross_entropy_with_logits(
+                features @ kernel + bias, labels, pos_weight=p["pos_weight"], where=where[:, None], ignore_label=-1,
+                reduction=elementwise_reduction, axis=-1 if reduction == "none" else None,
+            )  # fmt: skip
+
+        arguments = (p["features"], p["kernel"], p["bias"])
+        scalar = (lambda f: f) if reduction != "none" else (lambda f: lambda *a: jnp.sum(f(*a) * np.arange(BATCH)))
+        got, got_grads = jax.value_and_grad(scalar(fused), argnums=(0, 1, 2))(*arguments)
+        expected, expected_grads = jax.value_and_grad(scalar(materialised), argnums=(0, 1, 2))(*arguments)
+        np.testing.assert_allclose(got, expected, rtol=3e-6)
+        np.testing.assert_allclose(fused(*arguments), materialised(*arguments), rtol=3e-6, atol=1e-7)
+        for g, e in zip(got_grads, expected_grads, strict=True):
+            np.testing.assert_allclose(g, e, rtol=3e-5, atol=1e-6)
+
+    def test_ignored_labels_pass_the_value_check_and_positives_refuse_it(self):
+        p = _problem(seed=14)
+        labels = np.where(p["labels"], 1, 255).astype(np.int32)
+        value = jaxbce.checked(jaxbce.linear_binary_cross_entropy)(p["features"], p["kernel"], labels, ignore_label=255)
+        logits = p["features"] @ p["kernel"]
+        expected = jaxbce.binary_cross_entropy_with_logits(logits, np.ones_like(logits), where=p["labels"])
+        np.testing.assert_allclose(value, expected, rtol=3e-6)
+        with pytest.raises(ValueError, match="ignore_label applies to dense labels"):
+            jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], positives=p["positives"], ignore_label=-1)
+
+
 class ErrorsTest(parameterized.TestCase):
     @parameterized.named_parameters(
         ("neither_labels_nor_positives", {}, ValueError, "exactly one of labels"),

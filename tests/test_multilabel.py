@@ -3,6 +3,7 @@ registry), ``pos_weight`` on ``binary_cross_entropy``, and the class-balance hel
 formulas and 50-digit mpmath (tests/reference.py), written independently of the package."""
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -253,3 +254,116 @@ def test_alpha_range_is_checked_statically_or_under_checkify():
         jaxbce.sigmoid_focal_loss(x, y, alpha=1.5)
     with pytest.raises(checkify.JaxRuntimeError, match=r"alpha must be in \[0, 1\]; got 1.5 at index \[2\]"):
         jaxbce.checked(jaxbce.sigmoid_focal_loss)(x, y, alpha=np.array([0.2, 0.3, 1.5], np.float32))
+
+
+# Asymmetric loss
+
+
+def _near_clip(clip, dtype):
+    """Logits just above logit(clip), where p - clip cancels: the nearest floats, then offsets up to 1."""
+    x0 = np.asarray(np.log(clip / (1 - clip)), dtype)
+    steps = x0 + np.arange(1, 40, dtype=dtype) * np.spacing(x0)
+    return np.concatenate([steps, x0 + np.geomspace(1e-6, 1, 60).astype(dtype)]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+@pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(0.0, 0.0), (0.0, 1.0), (1.0, 2.0), (0.0, 4.0), (0.5, 2.5)])
+def test_asymmetric_value_and_gradient_against_mpmath(dtype, clip, gamma_pos, gamma_neg):
+    """ASL in logit space: loss and logits gradient within 2 eps (relative) of 50 digits for every logit in
+    [-1e4, 1e4] and just above logit(clip), hard labels; soft labels within 2 eps of the terms' size."""
+    x = reference.logit_grid(dtype, dense=101, log_points=80, tail=81)
+    if clip:
+        x = np.concatenate([x, _near_clip(clip, dtype)])
+    options = {"gamma_pos": gamma_pos, "gamma_neg": gamma_neg, "clip": clip}
+    loss = functools.partial(jaxbce.asymmetric_loss, **options, reduction="none")
+    for label in (0.0, 1.0, 0.3):
+        y = np.full_like(x, label)
+        exact, exact_grad, scale = reference.asymmetric(x, y, **options)
+        with jax.enable_x64(dtype == np.float64):
+            value = loss(x, y)
+            grad = jax.grad(lambda v, y=y: jnp.sum(loss(v, y)))(x)
+        hard = label in (0.0, 1.0)
+        assert reference.eps_error(value, exact, dtype=dtype).max() <= 2.0
+        assert reference.eps_error(grad, exact_grad, None if hard else scale, dtype=dtype).max() <= 2.0
+
+
+def test_asymmetric_reduces_to_bce_and_focal():
+    """clip = 0: both gammas 0 is the logits BCE, and gamma_pos = gamma_neg = gamma is the focal loss with
+    alpha None at hard labels (the same cores)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(scale=6, size=(5, 7)).astype(np.float32)
+    y = (rng.uniform(size=(5, 7)) > 0.5).astype(np.float32)
+    bce = jaxbce.binary_cross_entropy_with_logits(x, y, reduction="none")
+    np.testing.assert_array_equal(jaxbce.asymmetric_loss(x, y, gamma_neg=0.0, clip=0.0, reduction="none"), bce)
+    focal = jaxbce.sigmoid_focal_loss(x, y, alpha=None, gamma=2.0, reduction="none")
+    asl = jaxbce.asymmetric_loss(x, y, gamma_pos=2.0, gamma_neg=2.0, clip=0.0, reduction="none")
+    np.testing.assert_array_equal(asl, focal)
+
+
+def test_asymmetric_soft_labels_are_linear_and_pos_weight_scales_positives():
+    rng = np.random.default_rng(6)
+    x = rng.normal(scale=4, size=(3, 5)).astype(np.float32)
+    y = rng.uniform(size=(3, 5)).astype(np.float32)
+    pw = np.array([0.5, 1.0, 2.0, 3.0, 7.0], np.float32)
+    loss = functools.partial(jaxbce.asymmetric_loss, reduction="none")
+    positive, negative = (np.asarray(loss(x, np.full_like(x, v)), np.float64) for v in (1.0, 0.0))
+    np.testing.assert_allclose(loss(x, y, pos_weight=pw), pw * y * positive + (1 - y) * negative, rtol=1e-6)
+
+
+def test_asymmetric_stop_focusing_gradient_matches_the_weighted_bce_gradient():
+    """With the focusing weights held constant, the gradient is the weights times the cross-entropy gradients
+    (float64 formula: -(1 - p)**gamma_pos (1 - p) for positives, p_m**gamma_neg p (1 - p) / (1 - p_m) for
+    kept negatives); the value does not change."""
+    xf = np.linspace(-8, 12, 101).astype(np.float32)
+    x64 = xf.astype(np.float64)
+    p = 1 / (1 + np.exp(-x64))
+    p_m = np.maximum(p - 0.05, 0)
+    for label, expected in (
+        (1.0, -((1 - p) ** 1.0) * (1 - p)),
+        (0.0, p_m**4 * p * (1 - p) / (1 - p_m)),
+    ):
+        y = np.full(xf.shape, label, np.float32)
+        loss = functools.partial(jaxbce.asymmetric_loss, gamma_pos=1.0, gamma_neg=4.0, clip=0.05, reduction="sum")
+        stopped = functools.partial(loss, stop_focusing_gradient=True)
+        np.testing.assert_array_equal(stopped(xf, y), loss(xf, y))
+        grad = jax.grad(stopped)(xf, y)
+        np.testing.assert_allclose(grad, expected, rtol=4e-7, atol=1e-30)
+
+
+def test_asymmetric_option_errors():
+    x, y = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="clip must be in"):
+        jaxbce.asymmetric_loss(x, y, clip=1.0)
+    with pytest.raises(ValueError, match="clip must be in"):
+        jaxbce.asymmetric_loss(x, y, clip=-0.1)
+    with pytest.raises(ValueError, match="gamma_neg must be a finite Python float >= 0"):
+        jaxbce.asymmetric_loss(x, y, gamma_neg=-1.0)
+    with pytest.raises(TypeError, match="stop_focusing_gradient must be a bool"):
+        jaxbce.asymmetric_loss(x, y, stop_focusing_gradient=1)
+
+
+_GOLDEN = np.load(pathlib.Path(__file__).parent / "data" / "golden.npz")
+_ASL_CASES = [(4.0, 0.0, 0.05), (4.0, 1.0, 0.05), (2.0, 1.0, 0.0), (0.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("stop", [False, True])
+@pytest.mark.parametrize(("gamma_neg", "gamma_pos", "clip"), _ASL_CASES)
+def test_asymmetric_matches_timm(gamma_neg, gamma_pos, clip, stop):
+    """Golden values of timm's AsymmetricLossMultiLabel (scripts/make_golden.py; per-class weight and
+    pos_weight, reduction 'none' and 'batchmean', the gradient with and without its
+    disable_torch_grad_focal_loss). timm computes in float32 with 1 - sigmoid(x) formed by subtraction, so it
+    is compared at 5e-5 relative for |x| <= 6; at x = -20 (label 1) and x = 30 (label 0, no clip) its clamp of
+    probabilities at 1e-8 caps the loss at -log(1e-8) = 18.4 where the exact value is 20 or 30."""
+    x, y, w, pw = (_GOLDEN[f"asl_{k}"] for k in ("x", "y", "w", "pw"))
+    name = f"asl_n{gamma_neg}_p{gamma_pos}_c{clip}_stop{int(stop)}"
+    options = {"gamma_neg": gamma_neg, "gamma_pos": gamma_pos, "clip": clip, "stop_focusing_gradient": stop}
+    loss = functools.partial(jaxbce.asymmetric_loss, weight=w, pos_weight=pw, **options)
+    got, timm = np.asarray(loss(x, y, reduction="none")), _GOLDEN[f"{name}_none"]
+    np.testing.assert_allclose(got[1:], timm[1:], rtol=5e-5, atol=1e-7)
+    exact = reference.asymmetric(x[0, :2], y[0, :2], gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)[0]
+    np.testing.assert_allclose(got[0, :2], w[:2] * np.array([pw[0], 1.0]) * exact, rtol=2e-7)
+    np.testing.assert_allclose(timm[0, 0], w[0] * pw[0] * -np.log(np.float32(1e-8)), rtol=1e-6)
+    # Rows 1 on: the batchmean gradient (timm's is 0 where its clamp acts, in row 0).
+    grad = jax.grad(lambda v: loss(v, y, reduction="batchmean"))(x)
+    np.testing.assert_allclose(grad[1:], _GOLDEN[f"{name}_grad"][1:], rtol=5e-5, atol=1e-7)

@@ -30,6 +30,7 @@ SHAPES = {
     (3, 4): [(), (4,), (3, 4)],
 }
 FOCAL_OPTIONS = ((0.25, 2.0), (None, 0.0), (0.5, 0.5))
+ASYMMETRIC_OPTIONS = ((0.0, 4.0, 0.05), (1.0, 2.0, 0.0))  # gamma_pos, gamma_neg, clip
 # Values where 1 - y, 1 - p and 1 / pos_weight are exact in every dtype, so symmetries hold to rounding.
 EXACT_LABELS = tuple(k / 64 for k in range(65))
 EXACT_POS_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -49,7 +50,7 @@ def _evaluator(name, options, reduction="none"):
         kwargs = {"where": where}
         if name != "binary_entropy":
             kwargs["weight"] = weight
-        if name == "binary_cross_entropy_with_logits":
+        if name in ("binary_cross_entropy_with_logits", "asymmetric_loss"):
             kwargs["pos_weight"] = pos_weight
         args = (first,) if name == "binary_entropy" else (first, second)
         return function(*args, **kwargs)
@@ -77,6 +78,8 @@ def cases(draw, finite=True, exact=False):
         magnitudes = st.one_of(st.sampled_from(SPECIAL_LOGITS), st.floats(0, 200), st.floats(0, limit))
         values = st.builds(lambda m, s: s * min(m, limit), magnitudes, st.sampled_from((1.0, -1.0)))
     first = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
+    if name == "binary_cross_entropy":  # subnormal probabilities read as 0 on CPU, as subnormal weights do
+        first = _flush_subnormals(first)
     if name == "binary_kl_divergence":
         second = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
     else:
@@ -94,6 +97,8 @@ def cases(draw, finite=True, exact=False):
     options = ()
     if name == "sigmoid_focal_loss":
         options = tuple(zip(("alpha", "gamma"), draw(st.sampled_from(FOCAL_OPTIONS)), strict=True))
+    if name == "asymmetric_loss":
+        options = tuple(zip(("gamma_pos", "gamma_neg", "clip"), draw(st.sampled_from(ASYMMETRIC_OPTIONS)), strict=True))
     if name in ("binary_cross_entropy_with_logits", "binary_cross_entropy"):
         options += (("label_smoothing", draw(st.sampled_from((0.0, 0.125)))),)
     return name, options, dtype, first, second, weight, pos_weight, where
@@ -142,7 +147,9 @@ def reference(name, options, x, y, weight, pos_weight):
         loss = p * _softplus(-x) + not_p * _softplus(x)
         grad = -x * p * _sigmoid(-x)
         size = np.abs(grad)
-    else:
+    elif name == "asymmetric_loss":
+        loss, grad, size = _asymmetric(x, ys, pos_weight, **options)
+    elif name == "binary_kl_divergence":
         t = y
         loss = _softplus(x) - _softplus(t) - _sigmoid(t) * (x - t)
         grad = _sigmoid(x) - _sigmoid(t)
@@ -150,7 +157,34 @@ def reference(name, options, x, y, weight, pos_weight):
         # the float64 textbook form cancels: its own error is ~eps64 * (size of its terms)
         loss_floor = 4 * np.finfo(np.float64).eps * (_softplus(x) + _softplus(t) + np.abs(_sigmoid(t) * (x - t)))
         return weight * loss, weight * grad, weight * size, weight * loss_floor
+    else:
+        raise NotImplementedError(f"no float64 reference for {name} here")
     return weight * loss, weight * grad, weight * np.maximum(size, np.abs(grad)), 0.0
+
+
+def _asymmetric(x, y, pos_weight, gamma_pos, gamma_neg, clip):
+    """ASL and its logits derivative in float64; p - clip as (1 - clip) p (1 - exp(x0 - x)), x0 = logit(clip),
+    which does not cancel near the clip."""
+    p, s = _sigmoid(x), _sigmoid(-x)
+    positive = s**gamma_pos * _softplus(-x)
+    d_positive = -(s**gamma_pos) * (gamma_pos * p * _softplus(-x) + s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if clip:
+            x0 = np.log(clip / (1 - clip))
+            kept = x > x0
+            p_m = np.where(kept, (1 - clip) * p * -np.expm1(np.minimum(x0 - x, 0)), 0.0)
+            neg_log_v = np.where(p_m < 0.5, -np.log1p(-p_m), -np.log(s + clip))
+            negative = np.where(kept, p_m**gamma_neg * neg_log_v, 0.0)
+            lower = gamma_neg * p_m ** (gamma_neg - 1) * neg_log_v if gamma_neg else 0.0
+            d_negative = np.where(kept, p * s * (lower + p_m**gamma_neg / (s + clip)), 0.0)
+        else:
+            negative = p**gamma_neg * _softplus(x)
+            lower = gamma_neg * p ** (gamma_neg - 1) * _softplus(x) if gamma_neg else 0.0
+            d_negative = p * s * lower + p**gamma_neg * p
+    loss = pos_weight * y * positive + np.where(y == 1, 0.0, (1 - y) * negative)
+    grad = pos_weight * y * d_positive + (1 - y) * d_negative
+    size = pos_weight * y * np.abs(d_positive) + (1 - y) * np.abs(d_negative)
+    return loss, grad, size
 
 
 def _tiny(dtype):
@@ -207,16 +241,21 @@ def test_gradient_matches_closed_form(case):
 @given(cases(finite=True, exact=True))
 def test_symmetry(case):
     """l(x, y) = l(-x, 1 - y), with pos_weight -> 1 / pos_weight (times pos_weight), alpha -> 1 - alpha,
-    p -> 1 - p, t -> -t."""
+    gamma_pos <-> gamma_neg (the asymmetric loss without a clip), p -> 1 - p, t -> -t."""
     name, options, dtype, x, y, weight, pos_weight, where = case
-    flipped_options = tuple((k, (1 - v if k == "alpha" and v is not None else v)) for k, v in options)
+    assume(dict(options).get("clip", 0.0) == 0.0)  # the asymmetric loss's clip has no mirror image
+    flipped = dict(options)
+    if flipped.get("alpha") is not None:
+        flipped["alpha"] = 1 - flipped["alpha"]
+    if name == "asymmetric_loss":  # the negative term mirrors the positive one with the gammas swapped
+        flipped["gamma_pos"], flipped["gamma_neg"] = flipped["gamma_neg"], flipped["gamma_pos"]
+    flipped_options = tuple(flipped.items())
     flipped_first = (1 - x if name == "binary_cross_entropy" else -x).astype(x.dtype)
     flipped_second = (-y if name == "binary_kl_divergence" else 1 - y).astype(y.dtype)
-    scale = pos_weight if name == "binary_cross_entropy_with_logits" else 1.0
-    flipped_pos_weight = (1 / pos_weight if name == "binary_cross_entropy_with_logits" else pos_weight).astype(
-        np.float32
-    )
-    if name == "binary_cross_entropy_with_logits":
+    takes_pos_weight = name in ("binary_cross_entropy_with_logits", "asymmetric_loss")
+    scale = pos_weight if takes_pos_weight else 1.0
+    flipped_pos_weight = (1 / pos_weight if takes_pos_weight else pos_weight).astype(np.float32)
+    if takes_pos_weight:
         assume((pos_weight > 0).all())
     with _x64(dtype):
         loss = np.asarray(_evaluator(name, options)[0](x, y, weight, pos_weight, where), np.float64)

@@ -8,8 +8,10 @@ every array argument, with derivatives of orders 1 to 3 tested finite over the w
 first order, in its parameters.
 """
 
+from jaxbce._contrastive import sigmoid_contrastive_loss
 from jaxbce._linear import linear_binary_cross_entropy
 from jaxbce._losses import (
+    asymmetric_loss,
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     binary_entropy,
@@ -22,6 +24,7 @@ from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 __version__ = "0.1.0"
 
 __all__ = [
+    "asymmetric_loss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "binary_entropy",
@@ -30,6 +33,7 @@ __all__ = [
     "class_balanced_weights",
     "linear_binary_cross_entropy",
     "pos_weight_from_counts",
+    "sigmoid_contrastive_loss",
     "sigmoid_focal_loss",
     "value_checks",
 ]

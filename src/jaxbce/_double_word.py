@@ -103,6 +103,13 @@ def multiply(x: Pair, y: Pair | jax.Array) -> Pair:
     return fast_two_sum(hi, lo + cross)
 
 
+def divide(x: Pair, y: Pair) -> Pair:
+    """x / y for y != 0, within about 4 eps**2 relative: the quotient's remainder x - q y is formed exactly."""
+    q = rounded(x.hi / y.hi)
+    product, product_lo = two_product(q, y.hi)
+    return fast_two_sum(q, (((x.hi - product) - product_lo) + (x.lo - q * y.lo)) / y.hi)
+
+
 def select(condition: jax.Array, x: Pair, y: Pair) -> Pair:
     return Pair(jnp.where(condition, x.hi, y.hi), jnp.where(condition, x.lo, y.lo))
 
@@ -243,3 +250,10 @@ def power(x: Pair, exponent: float) -> Pair:
         part = _fractional_power(x, fraction)
         result = part if result is None else multiply(result, part)
     return Pair(jnp.ones_like(x.hi), jnp.zeros_like(x.hi)) if result is None else result
+
+
+def log(x: Pair) -> Pair:
+    """log(x) for x > 0 normal, within about 0.12 eps of |log x| (relative also near x = 1, where the reduced
+    argument t = x_hi - 1 is exact; :func:`_reduced_log`)."""
+    e, t, rest = _reduced_log(x)
+    return add(multiply(constant(_LN2, x.hi.dtype), e), two_sum(t, rest))

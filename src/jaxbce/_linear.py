@@ -58,6 +58,7 @@ class _Config(NamedTuple):
 
     layout: _Layout
     label_smoothing: float
+    ignore_label: float | None
     precision: Any
     dtype: np.dtype  # compute dtype of logits, losses and gradients
 
@@ -72,11 +73,12 @@ class _Parameters(NamedTuple):
 
 
 class _Targets(NamedTuple):
-    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row mask."""
+    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row and class masks."""
 
     labels: jax.Array | None
     positives: jax.Array | None
     keep: jax.Array | None  # (N,) bool
+    classes_kept: jax.Array | None = None  # (chunk, chunks) bool: the contrastive loss's padded columns
 
 
 def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
@@ -100,6 +102,11 @@ def _by_chunk(array: jax.Array, layout: _Layout, fill=0) -> jax.Array:
     return array.reshape(*array.shape[:-1], layout.chunk, layout.chunks)
 
 
+def _from_chunks(array: jax.Array, layout: _Layout) -> jax.Array:
+    """The inverse of ``_by_chunk``: ``(..., chunk, chunks)`` back to ``(..., C)``."""
+    return array.reshape(*array.shape[:-2], layout.chunk * layout.chunks)[..., : layout.classes]
+
+
 def _take(array: jax.Array | None, j: jax.Array) -> jax.Array | None:
     """Chunk ``j`` of an array laid out by ``_by_chunk``."""
     return None if array is None else jax.lax.dynamic_index_in_dim(array, j, axis=-1, keepdims=False)
@@ -115,23 +122,34 @@ def _dot(config: _Config, a: jax.Array, b: jax.Array, contract: tuple[int, int])
     return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
 
 
-def _chunk_labels(targets: _Targets, j: jax.Array, config: _Config) -> jax.Array:
+def _chunk_labels(targets: _Targets, j: jax.Array, config: _Config) -> tuple[jax.Array, jax.Array | None]:
+    """The labels of chunk ``j`` and, with ``ignore_label``, which of them are known (None: all)."""
     layout = config.layout
     if targets.labels is not None:
-        labels = _take(targets.labels, j).astype(config.dtype)
-        # Masked rows may hold NaN labels (padding); the core sees 0 there, as in the elementwise losses.
-        return labels if targets.keep is None else jnp.where(targets.keep[:, None], labels, 0)
+        labels = _take(targets.labels, j)
+        known = None if config.ignore_label is None else labels != config.ignore_label
+        keep = _both(None if targets.keep is None else targets.keep[:, None], known)
+        labels = labels.astype(config.dtype)
+        # Masked rows may hold NaN labels (padding), ignored elements their ignore label; the core sees 0 there,
+        # as in the elementwise losses.
+        return (labels if keep is None else jnp.where(keep, labels, 0)), known
     positives = targets.positives
     here = (positives >= 0) & (positives % layout.chunks == j)
     index = jnp.where(here, positives // layout.chunks, layout.chunk)  # out of bounds: dropped
     # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
     # indices); a repeated class is set twice, counted once.
     zeros = jnp.zeros((layout.chunk,), config.dtype)
-    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index)
+    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index), None
+
+
+def _both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+    """a & b, for masks of which None means all True."""
+    return b if a is None else a if b is None else a & b
 
 
 def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, config: _Config):
-    """Logits, labels, pos_weight and class mask (None without padding) of chunk ``j``."""
+    """Logits, labels, pos_weight and element mask (padded classes and ignored labels; None for none) of
+    chunk ``j``."""
     logits = _dot(config, parameters.features, _take(parameters.kernel, j), contract=(1, 0))
     if parameters.bias is not None:
         logits = logits + _take(parameters.bias, j).astype(config.dtype)
@@ -140,7 +158,8 @@ def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, conf
     valid = None
     if config.layout.padding:
         valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
-    return logits, _chunk_labels(targets, j, config), pos_weight, valid
+    labels, known = _chunk_labels(targets, j, config)
+    return logits, labels, pos_weight, _both(_both(valid, known), _take(targets.classes_kept, j))
 
 
 def _elementwise_loss(config: _Config, logits, labels, pos_weight, valid) -> jax.Array:
@@ -300,6 +319,7 @@ def linear_binary_cross_entropy(
     pos_weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
     where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
     precision: jax.lax.PrecisionLike = None,
@@ -335,9 +355,14 @@ def linear_binary_cross_entropy(
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
       where: optional per-example bool mask broadcastable to ``features.shape[:-1]``; False examples
         contribute exactly 0 to the value and every gradient, even if their features or labels are NaN.
+      ignore_label: static int or float, or None: dense labels equal to it (the -1 / 255 conventions of
+        partially labelled data) are masked element by element, count in no mean, and are exempt from the
+        labels value check. Only with ``labels`` (sparse ``positives`` list the known positives already;
+        passing both is a ``ValueError``).
       reduction: ``"none"`` (the per-example loss summed over classes, shape ``features.shape[:-1]``, 0 where
-        masked), ``"sum"``, ``"mean"`` (default; divides by kept examples times ``C``, what the materialised
-        ``binary_cross_entropy_with_logits`` gives) or ``"batchmean"`` (divides by kept examples: the sum
+        masked), ``"sum"``, ``"mean"`` (default; divides by kept examples times ``C``, or with
+        ``ignore_label`` by the kept elements: what the materialised ``binary_cross_entropy_with_logits``
+        gives) or ``"batchmean"`` (divides by kept examples, those with at least one known label: the sum
         over classes, mean over examples). A mean over nothing is 0 with zero gradient.
       chunk_size: static number of classes per chunk (at most; the chunks are equal). None picks it from the
         shapes: about 2^21 logits per chunk, at least 256 classes, preferring a number of chunks that divides
@@ -375,6 +400,7 @@ def linear_binary_cross_entropy(
       Array([1.0245588, 2.6413012], dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    ignore_label = _pipeline.check_ignore_label(ignore_label)
     _pipeline.check_reduction(reduction, valid=REDUCTIONS)
     features = _pipeline.as_checked_array(Arg("features", features, Role.LOGITS))
     kernel = _pipeline.as_checked_array(Arg("kernel", kernel, Role.LOGITS))
@@ -398,6 +424,8 @@ def linear_binary_cross_entropy(
                 f"labels must have shape features.shape[:-1] + (C,) = {(*batch, classes)}, got {labels.shape}"
             )
     else:
+        if ignore_label is not None:
+            raise ValueError("ignore_label applies to dense labels; positives list the known positive classes")
         positives = _pipeline.as_array(Arg("positives", positives, Role.LABELS))
         if not jnp.issubdtype(positives.dtype, jnp.integer):
             raise TypeError(f"positives must have an integer dtype, got {positives.dtype}")
@@ -416,12 +444,13 @@ def linear_binary_cross_entropy(
         weight = _pipeline.as_checked_array(Arg("weight", weight, Role.NON_NEGATIVE))
         _pipeline.check_broadcasts("weight", weight.shape, batch, "features.shape[:-1]")
     keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
+    known = None if ignore_label is None else labels != ignore_label
 
     if _pipeline.value_checks_enabled():
         example_keep = None if keep is None else keep[..., None]
         for name, role, array, mask in (
             ("features", Role.LOGITS, features, example_keep),
-            ("labels", Role.LABELS, labels, example_keep),
+            ("labels", Role.LABELS, labels, _both(example_keep, known)),
             ("weight", Role.NON_NEGATIVE, weight, keep),
             ("pos_weight", Role.NON_NEGATIVE, pos_weight, None),
         ):
@@ -452,7 +481,7 @@ def linear_binary_cross_entropy(
         positives=None if positives is None else positives.reshape(rows, positives.shape[-1]),
         keep=flat_keep,
     )
-    config = _Config(layout, label_smoothing, precision, dtype)
+    config = _Config(layout, label_smoothing, ignore_label, precision, dtype)
 
     example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
     if keep is not None:
@@ -462,8 +491,12 @@ def linear_binary_cross_entropy(
     if reduction == "none":
         losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
         return losses.reshape(batch).astype(out_dtype)
-    kept = rows if keep is None else jnp.sum(flat_keep, dtype=dtype)
-    denominator = {"sum": 1, "mean": kept * classes, "batchmean": kept}[reduction]
-    denominator = jnp.asarray(denominator, dtype)
+    if known is None:
+        kept = rows if keep is None else jnp.sum(flat_keep, dtype=dtype)
+        kept_elements = kept * classes
+    else:
+        known = _both(None if keep is None else keep[..., None], known)
+        kept, kept_elements = jnp.sum(jnp.any(known, axis=-1), dtype=dtype), jnp.sum(known, dtype=dtype)
+    denominator = jnp.asarray({"sum": 1, "mean": kept_elements, "batchmean": kept}[reduction], dtype)
     row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
     return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)

@@ -1,0 +1,271 @@
+"""The SigLIP sigmoid contrastive loss (Zhai et al., ICCV 2023) without its ``B x B`` logits.
+
+Every image-text pair of a batch is one binary classification, positive on the diagonal:
+
+    loss = (1/B) sum_ij bce(logit_scale <x_i, z_j> + logit_bias, [i == j])
+
+which is :func:`jaxbce.linear_binary_cross_entropy` with the images as features, ``logit_scale * texts.T``
+as the kernel and one positive class per row. So this module adds no loss formula and no chunked loop of its
+own: each block of pairs goes through ``_linear._row_losses_and_gradients`` (the same BCE core and gradient
+rule, chunked over texts), and what is here is how blocks are visited and how their gradients are gathered.
+
+Why a custom VJP with the gradients formed in the forward pass. The loss is a scalar, so as in
+``_linear`` each block's gradients are formed when the block is visited (three matmuls per chunk of texts) and
+the backward pass only scales them: autodiff of the loop would keep every block's residuals, which is the
+``B x B`` memory the loss exists to avoid.
+
+Why a ring. With ``axis_name``, each device keeps its ``b = B / n`` image rows and text rows, and the text rows
+travel: at step ``k`` a device holds the texts of device ``me + k`` and passes them to ``me - 1``. The gradient
+of a text block travels with it, each device adding its share, and after ``n`` steps every block is home with
+its whole gradient: ``n`` collective permutes of ``2 b x D`` numbers, no all-gather, and no device ever holds
+more than its own rows, one visiting block and one chunk of logits.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbce import _linear, _pipeline
+from jaxbce._pipeline import Arg, Role
+
+
+class _Config(NamedTuple):
+    rows: int  # image rows per block (single device)
+    chunk_size: int | None  # texts per chunk inside a block
+    precision: object
+    dtype: np.dtype
+    axis_name: object
+
+
+class _Gradients(NamedTuple):
+    images: jax.Array
+    texts: jax.Array
+    scale: jax.Array
+    bias: jax.Array
+
+
+def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, texts_kept, *, gradients: bool):
+    """One block of pairs: ``images (R, D)`` against ``texts (T, D)``, with row ``i`` positive at text
+    ``row_offset + i`` (a negative or out-of-range offset: no positive). Returns the row losses and, if
+    ``gradients``, the gradients of ``sum(row_scale * row_losses)``."""
+    rows, classes = images.shape[0], texts.shape[0]
+    layout = _linear._choose_layout(classes, rows, config.chunk_size)
+    linear_config = _linear._Config(layout, 0.0, None, config.precision, config.dtype)
+    kernel = scale * texts.T
+    parameters = _linear._Parameters(
+        features=images,
+        kernel=_linear._by_chunk(kernel, layout),
+        bias=_linear._by_chunk(jnp.broadcast_to(bias, (classes,)), layout),
+        pos_weight=None,
+    )
+    positive = row_offset + jnp.arange(rows)
+    targets = _linear._Targets(
+        labels=None,
+        positives=jnp.where((positive >= 0) & (positive < classes), positive, -1)[:, None],
+        keep=None,
+        classes_kept=None if texts_kept is None else _linear._by_chunk(texts_kept, layout, fill=False),
+    )
+    if not gradients:
+        return _linear._row_losses_value(linear_config, parameters, targets), None
+    wanted = _linear._Parameters(True, True, True, False)
+    losses, grads = _linear._row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
+    d_kernel = _linear._from_chunks(grads.kernel, layout)  # (D, T)
+    return losses, _Gradients(
+        images=grads.features,
+        texts=scale * d_kernel.T,
+        scale=jnp.sum(d_kernel * texts.T),
+        bias=jnp.sum(grads.bias),
+    )
+
+
+def _single_device(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradients: bool):
+    """All pairs on one device: blocks of ``config.rows`` image rows against every text (chunked inside)."""
+    batch, dim = images.shape
+    blocks = -(-batch // config.rows)
+    padding = blocks * config.rows - batch
+    padded_images = jnp.pad(images, ((0, padding), (0, 0))).reshape(blocks, config.rows, dim)
+    padded_scale = jnp.pad(row_scale, (0, padding)).reshape(blocks, config.rows)
+
+    def step(i, carry):
+        total, grads = carry
+        losses, block = _block(
+            config, padded_images[i], texts, scale, bias, padded_scale[i], i * config.rows, kept, gradients=gradients
+        )
+        total = total + jnp.sum(_linear._weighted_rows(padded_scale[i], losses))
+        if gradients:
+            grads = _Gradients(
+                images=jax.lax.dynamic_update_index_in_dim(grads.images, block.images, i, axis=0),
+                texts=grads.texts + block.texts,
+                scale=grads.scale + block.scale,
+                bias=grads.bias + block.bias,
+            )
+        return total, grads
+
+    zero = jnp.zeros((), config.dtype)
+    grads = _Gradients(jnp.zeros_like(padded_images), jnp.zeros_like(texts), zero, zero) if gradients else None
+    total, grads = jax.lax.fori_loop(0, blocks, step, (zero, grads))
+    if gradients:
+        grads = grads._replace(images=grads.images.reshape(-1, dim)[:batch])
+    return total, grads
+
+
+def _ring(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradients: bool):
+    """All pairs across the devices of ``config.axis_name``, texts travelling around the ring (module docs)."""
+    axis = config.axis_name
+    devices = jax.lax.axis_size(axis)
+    to_previous = [(i, (i - 1) % devices) for i in range(devices)]
+
+    def step(k, carry):
+        total, visiting, visiting_kept, d_visiting, grads = carry
+        # The diagonal is in the block a device starts with, its own texts.
+        offset = jnp.where(k == 0, 0, -images.shape[0] - 1)
+        losses, block = _block(
+            config, images, visiting, scale, bias, row_scale, offset, visiting_kept, gradients=gradients
+        )
+        total = total + jnp.sum(_linear._weighted_rows(row_scale, losses))
+        if gradients:
+            d_visiting = d_visiting + block.texts
+            grads = _Gradients(
+                grads.images + block.images, grads.texts, grads.scale + block.scale, grads.bias + block.bias
+            )
+        visiting, visiting_kept, d_visiting = jax.lax.ppermute((visiting, visiting_kept, d_visiting), axis, to_previous)
+        return total, visiting, visiting_kept, d_visiting, grads
+
+    zero = _linear._zeros((), config.dtype, images, texts)
+    grads = _Gradients(jnp.zeros_like(images), None, zero, zero) if gradients else None
+    d_texts = jnp.zeros_like(texts) if gradients else None
+    carry = (zero, texts, kept, d_texts, grads)
+    total, _, _, d_texts, grads = jax.lax.fori_loop(0, devices, step, carry)
+    total = jax.lax.psum(total, axis)
+    if gradients:
+        grads = grads._replace(
+            texts=d_texts, scale=jax.lax.psum(grads.scale, axis), bias=jax.lax.psum(grads.bias, axis)
+        )
+    return total, grads
+
+
+def _all_pairs(config, images, texts, scale, bias, row_scale, kept, *, gradients):
+    visit = _single_device if config.axis_name is None else _ring
+    return visit(config, images, texts, scale, bias, row_scale, kept, gradients=gradients)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _total(config: _Config, images, texts, scale, bias, row_scale, kept):
+    return _all_pairs(config, images, texts, scale, bias, row_scale, kept, gradients=False)[0]
+
+
+def _total_fwd(config, images, texts, scale, bias, row_scale, kept):
+    total, grads = _all_pairs(config, images, texts, scale, bias, row_scale, kept, gradients=True)
+    return total, grads
+
+
+def _total_bwd(config, grads, cotangent):
+    scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grads)
+    return (*scaled, None, None)
+
+
+_total.defvjp(_total_fwd, _total_bwd)
+
+
+# Image rows per block on one device: with the texts chunked to about 2^21 / rows, a block's logits and their
+# gradient are about 2^21 elements each (8 MiB in float32), as in _linear.
+_ROWS = 1024
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name", "chunk_size", "precision"))
+def sigmoid_contrastive_loss(
+    image_embeddings: jax.typing.ArrayLike,
+    text_embeddings: jax.typing.ArrayLike,
+    logit_scale: jax.typing.ArrayLike,
+    logit_bias: jax.typing.ArrayLike,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """The SigLIP sigmoid contrastive loss (Zhai et al., ICCV 2023), without ever forming its ``B x B`` logits.
+
+        logits_ij = logit_scale * <x_i, z_j> + logit_bias,    s_ij = +1 if i == j else -1
+        loss = -(1/B) * sum_i sum_j log sigmoid(s_ij * logits_ij)
+
+    the sum over texts and the mean over images of big_vision's dense ``sigmoid_xent`` form; each pair's term
+    is :func:`binary_cross_entropy_with_logits`'s exact core at label ``[i == j]``. The pairs are visited in
+    blocks (see ``jaxbce/_contrastive.py``): on one device, blocks of ``chunk_size`` (default 1024) images
+    against the texts in chunks of ``chunk_size`` (default about 2^21 / rows), so memory beyond the arguments
+    is a few arrays of one block's size and one gradient per embedding matrix.
+
+    With ``axis_name``, call it inside ``jax.shard_map`` over that mesh axis, with each device's rows of both
+    embeddings (and of ``where``) and ``logit_scale``, ``logit_bias`` replicated: the text rows travel around
+    the ring of devices by ``ppermute``, and so do their gradients, home. The result on every device is the
+    global loss, equal to the single-device loss of the whole batch to float32 summation order; no device
+    holds more than its own rows, one visiting block of texts and one chunk of logits, and there is no
+    all-gather. ``docs/scaling.md`` has a complete train step.
+
+    Args:
+      image_embeddings: ``(B, D)`` (local rows ``(b, D)`` with ``axis_name``) float16, bfloat16, float32 or
+        float64; used as given (SigLIP normalises them first: ``x / jnp.linalg.norm(x, axis=-1, keepdims=True)``).
+      text_embeddings: the same shape and kind.
+      logit_scale: scalar multiplier of the dot products, the scale itself (SigLIP keeps its log as the
+        parameter and passes ``jnp.exp(log_scale)``; the paper starts at ``log 10``).
+      logit_bias: scalar bias (the paper starts at -10).
+      where: optional ``(B,)`` bool; False drops the pair's image from the rows, its text from the columns and
+        the example from the count ``B`` (padding of a last, short batch).
+      axis_name: static name of the ``shard_map`` axis to ring over, or None for one device.
+      chunk_size: static positive int: image rows per block (one device) and texts per chunk.
+      precision: static ``jax.lax.Precision`` of the matmuls.
+
+    Returns:
+      The scalar loss in the promoted dtype of the embeddings (computed in float32, or float64 for float64).
+
+    Gradients: reverse mode in both embeddings, ``logit_scale`` and ``logit_bias``, formed block by block in
+    the forward pass of a ``jax.custom_vjp`` (the backward pass only scales them). Forward mode is not
+    supported (JAX raises a ``TypeError``).
+
+    Raises:
+      TypeError: embeddings or scalars not real floating, ``where`` not bool.
+      ValueError: embeddings not two-dimensional or of different shapes; ``logit_scale`` or ``logit_bias``
+        not scalars; ``where`` not ``(B,)``; a bad ``chunk_size``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+      >>> jaxbce.sigmoid_contrastive_loss(x, x, 10.0, -10.0)
+      Array(2.4628165, dtype=float32)
+    """
+    images = _pipeline.as_checked_array(Arg("image_embeddings", image_embeddings, Role.LOGITS))
+    texts = _pipeline.as_checked_array(Arg("text_embeddings", text_embeddings, Role.LOGITS))
+    if images.ndim != 2 or texts.shape != images.shape:
+        raise ValueError(
+            f"image_embeddings and text_embeddings must both have shape (B, D), got {images.shape} and {texts.shape}"
+        )
+    scale = _pipeline.as_checked_array(Arg("logit_scale", logit_scale, Role.LOGITS))
+    bias = _pipeline.as_checked_array(Arg("logit_bias", logit_bias, Role.LOGITS))
+    for name, value in (("logit_scale", scale), ("logit_bias", bias)):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
+    batch = images.shape[0]
+    out_dtype = jnp.result_type(images.dtype, texts.dtype)
+    dtype = _pipeline.compute_dtype(jnp.result_type(out_dtype, scale.dtype, bias.dtype))
+    keep = None if where is None else _pipeline.as_mask(where, (batch,), "the batch (B,)")
+    if keep is not None and keep.shape != (batch,):
+        raise ValueError(f"where must have shape (B,) = {(batch,)}, got {keep.shape}")
+
+    images, texts = images.astype(dtype), texts.astype(dtype)
+    kept = jnp.asarray(batch, dtype)
+    if keep is not None:
+        # Dropped rows may hold anything (NaN padding): zeroed, they cannot reach a kept pair's gradient.
+        images, texts = jnp.where(keep[:, None], images, 0), jnp.where(keep[:, None], texts, 0)
+        kept = jnp.sum(keep, dtype=dtype)
+    if axis_name is not None:
+        kept = jax.lax.psum(kept, axis_name)
+    row_scale = jnp.full((batch,), 1, dtype) / jnp.where(kept == 0, 1, kept)
+    if keep is not None:
+        row_scale = jnp.where(keep, row_scale, 0)
+    config = _Config(min(chunk_size or _ROWS, batch) or 1, chunk_size, precision, dtype, axis_name)
+    return _total(config, images, texts, scale.astype(dtype), bias.astype(dtype), row_scale, keep).astype(out_dtype)
