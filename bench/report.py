@@ -281,6 +281,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
         "accuracy-multilabel": multilabel,
         "speed": speed,
         "fused": fused,
+        "contrastive": _contrastive_readme(json.loads((results / "contrastive-cpu.json").read_text())),
     }
 
 

@@ -201,7 +201,7 @@ def test_the_train_step_in_the_scaling_docs_runs():
     section = text[text.index("## SigLIP across devices") :]
     code = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
     namespace: dict = {}
-    exec(compile(code, "docs/scaling.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "docs/scaling.md", "exec"), namespace)
     params, where = namespace["params"], np.asarray(namespace["where"])
     arrays = [np.asarray(namespace[name]) for name in ("images", "texts")]
     x, z = namespace["towers"](params, *arrays)  # after one step: the loss again, against the dense form

@@ -99,3 +99,27 @@ def test_linear_binary_cross_entropy_exports_with_a_symbolic_batch(labels):
         )
         concrete.append([rng.normal(size=(b, FEATURES)).astype(np.float32), targets, rng.uniform(size=b) > 0.3])
     _round_trip(function, specs, concrete)
+
+
+def test_sigmoid_contrastive_loss_exports_with_a_symbolic_batch():
+    """B is both the rows and the columns of the pairs: blocks and chunks of a static size, their number
+    symbolic, the last one padded."""
+    (batch,) = export.symbolic_shape("b")
+
+    def function(images, texts, scale, bias, where):
+        return jaxbce.sigmoid_contrastive_loss(images, texts, scale, bias, where=where, chunk_size=4)
+
+    embeddings = jax.ShapeDtypeStruct((batch, FEATURES), jnp.float32)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    specs = [embeddings, embeddings, scalar, scalar, jax.ShapeDtypeStruct((batch,), bool)]
+    rng = np.random.default_rng(2)
+    concrete = [
+        [
+            *rng.normal(size=(2, b, FEATURES)).astype(np.float32),
+            np.float32(5.0),
+            np.float32(-2.0),
+            rng.uniform(size=b) > 0.2,
+        ]
+        for b in (3, 9)
+    ]
+    _round_trip(function, specs, concrete)

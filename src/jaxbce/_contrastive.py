@@ -31,6 +31,13 @@ import numpy as np
 from jaxbce import _linear, _pipeline
 from jaxbce._pipeline import Arg, Role
 
+# Image rows per block on one device, and texts per chunk of a block: about 2^20 pairs (4 MiB of float32
+# logits, and as much for their gradient), half of _linear's chunk, so that the ring's temporaries stay below
+# twice one device's b x b block and embeddings (bench/contrastive.py); matmuls of 1024 x 1024 x D still run
+# at full speed.
+_ROWS = 1024
+_BLOCK_ELEMENTS = 2**20
+
 
 class _Config(NamedTuple):
     rows: int  # image rows per block (single device)
@@ -52,7 +59,7 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     ``row_offset + i`` (a negative or out-of-range offset: no positive). Returns the row losses and, if
     ``gradients``, the gradients of ``sum(row_scale * row_losses)``."""
     rows, classes = images.shape[0], texts.shape[0]
-    layout = _linear._choose_layout(classes, rows, config.chunk_size)
+    layout = _linear._choose_layout(classes, rows, config.chunk_size or max(256, _BLOCK_ELEMENTS // rows))
     linear_config = _linear._Config(layout, 0.0, None, config.precision, config.dtype)
     kernel = scale * texts.T
     parameters = _linear._Parameters(
@@ -170,11 +177,6 @@ def _total_bwd(config, grads, cotangent):
 _total.defvjp(_total_fwd, _total_bwd)
 
 
-# Image rows per block on one device: with the texts chunked to about 2^21 / rows, a block's logits and their
-# gradient are about 2^21 elements each (8 MiB in float32), as in _linear.
-_ROWS = 1024
-
-
 @functools.partial(jax.jit, static_argnames=("axis_name", "chunk_size", "precision"))
 def sigmoid_contrastive_loss(
     image_embeddings: jax.typing.ArrayLike,
@@ -195,8 +197,8 @@ def sigmoid_contrastive_loss(
     the sum over texts and the mean over images of big_vision's dense ``sigmoid_xent`` form; each pair's term
     is :func:`binary_cross_entropy_with_logits`'s exact core at label ``[i == j]``. The pairs are visited in
     blocks (see ``jaxbce/_contrastive.py``): on one device, blocks of ``chunk_size`` (default 1024) images
-    against the texts in chunks of ``chunk_size`` (default about 2^21 / rows), so memory beyond the arguments
-    is a few arrays of one block's size and one gradient per embedding matrix.
+    against the texts in chunks of ``chunk_size`` (default about 2^20 / rows), so memory beyond the arguments
+    is a few arrays of one chunk's size and a few of the embeddings' (their gradients).
 
     With ``axis_name``, call it inside ``jax.shard_map`` over that mesh axis, with each device's rows of both
     embeddings (and of ``where``) and ``logit_scale``, ``logit_bias`` replicated: the text rows travel around
@@ -231,10 +233,13 @@ def sigmoid_contrastive_loss(
         not scalars; ``where`` not ``(B,)``; a bad ``chunk_size``.
 
     Example:
-      >>> import jax.numpy as jnp, jaxbce
+      >>> import jax, jax.numpy as jnp, jaxbce
       >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
       >>> jaxbce.sigmoid_contrastive_loss(x, x, 10.0, -10.0)
-      Array(2.4628165, dtype=float32)
+      Array(0.78989613, dtype=float32)
+      >>> logits = 10.0 * x @ x.T - 10.0  # the dense form, big_vision's
+      >>> -jnp.sum(jax.nn.log_sigmoid((2 * jnp.eye(3) - 1) * logits)) / 3
+      Array(0.789896, dtype=float32)
     """
     images = _pipeline.as_checked_array(Arg("image_embeddings", image_embeddings, Role.LOGITS))
     texts = _pipeline.as_checked_array(Arg("text_embeddings", text_embeddings, Role.LOGITS))
@@ -267,5 +272,8 @@ def sigmoid_contrastive_loss(
     row_scale = jnp.full((batch,), 1, dtype) / jnp.where(kept == 0, 1, kept)
     if keep is not None:
         row_scale = jnp.where(keep, row_scale, 0)
-    config = _Config(min(chunk_size or _ROWS, batch) or 1, chunk_size, precision, dtype, axis_name)
+    rows = chunk_size or _ROWS
+    if isinstance(batch, int):  # else a symbolic B (jax.export): blocks of the static size, the last padded
+        rows = max(min(rows, batch), 1)
+    config = _Config(rows, chunk_size, precision, dtype, axis_name)
     return _total(config, images, texts, scale.astype(dtype), bias.astype(dtype), row_scale, keep).astype(out_dtype)

@@ -52,6 +52,11 @@ class _Layout(NamedTuple):
     def padding(self) -> int:
         return self.chunk * self.chunks - self.classes
 
+    @property
+    def padded(self) -> bool:
+        """Whether the last chunk has padding classes (assumed where C is a symbolic dimension)."""
+        return not isinstance(self.padding, int) or self.padding > 0
+
 
 class _Config(NamedTuple):
     """What the loop needs besides arrays: static and hashable."""
@@ -82,22 +87,22 @@ class _Targets(NamedTuple):
 
 
 def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
+    target = chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
+    if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
+        return _Layout(classes, target, -(-classes // target))
+    chunks = -(-classes // target)
     if chunk_size is None:
-        target = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
-        chunks = -(-classes // target)
         # Prefer a number of chunks that divides C (no padded copy of the kernel), at most halving the chunk.
         chunks = next((n for n in range(chunks, 2 * chunks + 1) if classes % n == 0), chunks)
-    else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
-        chunks = -(-classes // chunk_size)
     chunks = max(chunks, 1)
     return _Layout(classes, -(-classes // chunks), chunks)
 
 
 def _by_chunk(array: jax.Array, layout: _Layout, fill=0) -> jax.Array:
     """``(..., C)`` as ``(..., chunk, chunks)``; a copy padded with ``fill`` only where C is not a multiple."""
-    if layout.padding:
+    if layout.padded:
         array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, layout.padding)], constant_values=fill)
     return array.reshape(*array.shape[:-1], layout.chunk, layout.chunks)
 
@@ -156,7 +161,7 @@ def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, conf
     pos_weight = _take(parameters.pos_weight, j)
     pos_weight = None if pos_weight is None else pos_weight.astype(config.dtype)
     valid = None
-    if config.layout.padding:
+    if config.layout.padded:
         valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
     labels, known = _chunk_labels(targets, j, config)
     return logits, labels, pos_weight, _both(_both(valid, known), _take(targets.classes_kept, j))
@@ -398,6 +403,9 @@ def linear_binary_cross_entropy(
       Array(0.6109767, dtype=float32)
       >>> jaxbce.linear_binary_cross_entropy(features, kernel, positives=positives, reduction="none")
       Array([1.0245588, 2.6413012], dtype=float32)
+      >>> partial = jnp.array([[1, -1, 0], [0, 1, 1]])  # -1: unknown label, ignored
+      >>> jaxbce.linear_binary_cross_entropy(features, kernel, partial, ignore_label=-1)
+      Array(0.729542, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
     ignore_label = _pipeline.check_ignore_label(ignore_label)

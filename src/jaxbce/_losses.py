@@ -323,13 +323,18 @@ def asymmetric_loss(
         [0, 1).
 
     Example:
-      >>> import jax.numpy as jnp, jaxbce
+      >>> import jax, jax.numpy as jnp, jaxbce
       >>> logits = jnp.array([[3.0, -1.0, -4.0], [0.5, 2.0, -30.0]])
       >>> labels = jnp.array([[1, 0, 0], [0, 1, 0]])
       >>> jaxbce.asymmetric_loss(logits, labels, reduction="batchmean")
-      Array(0.08857679, dtype=float32)
+      Array(0.13366808, dtype=float32)
       >>> jaxbce.asymmetric_loss(logits, labels, gamma_neg=0.0, clip=0.0, reduction="batchmean")  # plain BCE
-      Array(1.0220284, dtype=float32)
+      Array(0.74050194, dtype=float32)
+      >>> jaxbce.binary_cross_entropy_with_logits(logits, labels, reduction="batchmean")
+      Array(0.74050194, dtype=float32)
+      >>> stopped = dict(gamma_pos=1.0, stop_focusing_gradient=True, reduction="sum")
+      >>> jax.grad(lambda x: jaxbce.asymmetric_loss(x, labels, **stopped))(logits)[0]  # timm's disable_torch_grad_...
+      Array([-0.00224921,  0.00057841,  0.        ], dtype=float32)
     """
     gamma_pos, gamma_neg = _check_gamma("gamma_pos", gamma_pos), _check_gamma("gamma_neg", gamma_neg)
     clip = check_fraction("clip", clip)
