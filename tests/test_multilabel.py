@@ -268,7 +268,7 @@ def _near_clip(clip, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("clip", [0.0, 0.05])
-@pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(0.0, 0.0), (0.0, 1.0), (1.0, 2.0), (0.0, 4.0), (0.5, 2.5)])
+@pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(0.0, 0.0), (1.0, 2.0), (0.0, 4.0), (0.5, 2.5)])
 def test_asymmetric_value_and_gradient_against_mpmath(dtype, clip, gamma_pos, gamma_neg):
     """ASL in logit space: loss and logits gradient within 2 eps (relative) of 50 digits for every logit in
     [-1e4, 1e4] and just above logit(clip), hard labels; soft labels within 2 eps of the terms' size."""
