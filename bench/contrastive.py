@@ -26,10 +26,10 @@ import datetime
 import json
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
+import measure  # bench/measure.py, beside this script
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -75,27 +75,6 @@ def _forms(mesh):
     }
 
 
-def _memory(compiled) -> dict:
-    analysis = compiled.memory_analysis()
-    out = {
-        "argument_bytes": int(analysis.argument_size_in_bytes),
-        "output_bytes": int(analysis.output_size_in_bytes),
-        "temp_bytes": int(analysis.temp_size_in_bytes),
-    }
-    out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-    return out
-
-
-def _median_seconds(compiled, args, repeats) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def run(batches, repeats: int) -> list[dict]:
     mesh = _mesh()
     forms = _forms(mesh)
@@ -112,9 +91,9 @@ def run(batches, repeats: int) -> list[dict]:
                 images, texts = (jax.device_put(e, jax.devices()[0]) for e in embeddings)
             args = (images, texts, *scalars)
             compiled = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS)).lower(*args).compile()
-            entry = _memory(compiled)
+            entry = measure.memory(compiled)
             if entry["total_bytes"] * (DEVICES if on_mesh else 1) < RUN_LIMIT_BYTES:
-                entry["seconds"] = _median_seconds(compiled, args, repeats)
+                entry["seconds"] = measure.median_seconds(compiled, args, repeats)
             row["forms"][name] = entry
             del compiled
             print(batch, name, entry, flush=True)

@@ -24,10 +24,10 @@ import datetime
 import json
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
+import measure  # bench/measure.py, beside this script
 import numpy as np
 import optax
 
@@ -88,27 +88,6 @@ def _dense_of(positives, classes):
     return jnp.zeros((positives.shape[0], classes), jnp.bool_).at[rows, index].set(True, mode="drop")
 
 
-def _memory(compiled) -> dict:
-    analysis = compiled.memory_analysis()
-    out = {
-        "argument_bytes": int(analysis.argument_size_in_bytes),
-        "output_bytes": int(analysis.output_size_in_bytes),
-        "temp_bytes": int(analysis.temp_size_in_bytes),
-    }
-    out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-    return out
-
-
-def _median_seconds(compiled, args, repeats) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def run(shapes, repeats: int) -> list[dict]:
     rows = []
     for batch, dim, classes, positives_per_row in shapes:
@@ -121,9 +100,9 @@ def run(shapes, repeats: int) -> list[dict]:
                                   (labels if positives is None else dense))  # fmt: skip
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             compiled = step.lower(*args, targets).compile()
-            entry = _memory(compiled)
+            entry = measure.memory(compiled)
             if entry["total_bytes"] < RUN_LIMIT_BYTES:
-                entry["seconds"] = _median_seconds(compiled, (*args, targets), repeats)
+                entry["seconds"] = measure.median_seconds(compiled, (*args, targets), repeats)
             row["forms"][name] = entry
             del compiled
             print(batch, dim, classes, positives_per_row, name, entry, flush=True)

@@ -3,6 +3,8 @@ float64 reference, a small Flax MLP and optional imports. Not part of the librar
 beside them, the benchmarks and notebooks put ``examples/`` on ``sys.path``.
 """
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,23 @@ def optional(module: str):
         return __import__(module)
     except ImportError:
         return None
+
+
+def start_distributed(description: str) -> None:
+    """Parses ``--coordinator``, ``--num-processes``, ``--process-id`` and ``--cpu-devices`` and starts
+    ``jax.distributed`` (with that many CPU devices and gloo collectives where ``--cpu-devices`` is given):
+    the start of the multi-process examples. Nothing may touch the backend before it."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--num-processes", type=int, required=True)
+    parser.add_argument("--process-id", type=int, required=True)
+    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices per process (0: use accelerators)")
+    args = parser.parse_args()
+    if args.cpu_devices:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def naive_bce(x, y):

@@ -8,12 +8,10 @@ On one machine the tests start two processes on 127.0.0.1, each with two CPU dev
         --cpu-devices 2
 """
 
-import argparse
-
 import jax
 import numpy as np
 
-from common import siglip_float64
+from common import siglip_float64, start_distributed
 
 BATCH, DIM = 32, 8
 
@@ -29,18 +27,7 @@ def global_batch():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--coordinator", required=True)
-    parser.add_argument("--num-processes", type=int, required=True)
-    parser.add_argument("--process-id", type=int, required=True)
-    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices per process (0: use accelerators)")
-    args = parser.parse_args()
-
-    if args.cpu_devices:
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    start_distributed(__doc__)
 
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P

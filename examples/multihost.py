@@ -14,12 +14,10 @@ On one machine the tests start two processes on 127.0.0.1, each with two CPU dev
     python examples/multihost.py --coordinator 127.0.0.1:1234 --num-processes 2 --process-id 0 --cpu-devices 2
 """
 
-import argparse
-
 import jax
 import numpy as np
 
-from common import bce_float64
+from common import bce_float64, start_distributed
 
 ROWS, CLASSES = 16, 6
 
@@ -42,18 +40,7 @@ def numpy_reference(logits, labels, keep, pos_weight):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--coordinator", required=True)
-    parser.add_argument("--num-processes", type=int, required=True)
-    parser.add_argument("--process-id", type=int, required=True)
-    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices per process (0: use accelerators)")
-    args = parser.parse_args()
-
-    if args.cpu_devices:
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    start_distributed(__doc__)
 
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P

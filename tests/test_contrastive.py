@@ -3,9 +3,6 @@ in both embeddings, logit_scale and logit_bias), on one device in chunks and as 
 devices and over 2 processes; never the B x B logits (compiled memory) and no all-gather (optimised HLO)."""
 
 import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from processes import run_on_two_processes
 
 import jaxbce
 
@@ -151,18 +149,8 @@ def test_temporaries_are_far_below_the_dense_logits():
 def test_two_processes_equal_one_device():
     """Two processes on 127.0.0.1 (gloo collectives, 2 CPU devices each): the ring over the 4 devices gives the
     whole batch's loss and gradients (checked by the script against the dense form in float64)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-    commands = [
-        [sys.executable, str(ROOT / "examples" / "contrastive_multihost.py"), "--coordinator", coordinator,
-         "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2"]
-        for i in range(2)
-    ]  # fmt: skip
-    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output
+    for returncode, output in run_on_two_processes("contrastive_multihost.py"):
+        assert returncode == 0, output
         assert "matches the single-device dense loss" in output, output
 
 

@@ -4,10 +4,6 @@ The session has 8 CPU devices (tests/conftest.py); on a GPU or TPU host the same
 """
 
 import re
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +12,10 @@ import pytest
 from absl.testing import parameterized
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from processes import run_on_two_processes
 
 import jaxbce
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH, CLASSES = 16, 8
 
 
@@ -157,27 +153,9 @@ class MeshTest(parameterized.TestCase):
         self.assertTrue(grads.sharding.is_equivalent_to(ensemble.sharding, 3))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_agree_with_one():
     """Two processes on 127.0.0.1 (gloo CPU collectives, 2 devices each) build a global batch from local data;
     each checks the global mean loss and its gradient shards against a float64 single-machine reference."""
-    coordinator = f"127.0.0.1:{_free_port()}"
-    commands = [
-        [sys.executable, str(ROOT / "examples" / "multihost.py"), "--coordinator", coordinator,
-         "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2"]
-        for i in range(2)
-    ]  # fmt: skip
-    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output
+    for returncode, output in run_on_two_processes("multihost.py", timeout=120):
+        assert returncode == 0, output
         assert "gradient shards match: OK" in output, output
