@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive clean
+.PHONY: demo test test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test-gpu:
 	.venv-gpu/bin/python -m pip install --quiet --upgrade pip
 	.venv-gpu/bin/python -m pip install --quiet -e ".[test,demo,notebooks,bench]" "jax[cuda13]"
 	JAX_PLATFORMS=cuda,cpu .venv-gpu/bin/python -m pytest -p no:cacheprovider -q | tee tests/gpu-run.log
+
+# Compile for an H100 that is not attached and check the GPU-optimised HLO, LLVM IR and PTX
+# (scripts/check_gpu_hlo.py; writes bench/results/gpu-hlo-h100.json). No GPU needed; CUDA jaxlib is ~4 GB.
+check-gpu-hlo:
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/python -m pip install --quiet -e . "jax[cuda13]"
+	cd scripts && ../.venv-gpu/bin/python check_gpu_hlo.py
+
+# The same check 1 (error terms) for a TPU v5e topology, with libtpu (compile only; writes tpu-hlo-v5e.json).
+check-tpu-hlo:
+	test -x .venv-tpu/bin/python || $(PYTHON) -m venv .venv-tpu
+	.venv-tpu/bin/python -m pip install --quiet -e . "jax[tpu]"
+	cd scripts && ../.venv-tpu/bin/python check_gpu_hlo.py tpu
 
 docs: $(STAMP)
 	cp bench/results/*.png docs/assets/
