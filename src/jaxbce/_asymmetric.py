@@ -91,8 +91,8 @@ def _clipped_pairs(x: jax.Array, clip: float):
 
 
 def _clipped_plain(x: jax.Array, clip: float):
-    """(kept, p_m, -log(1 - p_m)) in plain arithmetic, differentiable to every order (p_m and the log are 1/2
-    and log 2 where not kept, so that nothing there is infinite)."""
+    """(kept, p_m, -log(1 - p_m)) in plain arithmetic, differentiable to every order; where not kept, p_m is
+    1/2 and the log is taken at x0 + 1, so that nothing there is infinite."""
     x0 = float(_logit(clip))
     kept = _kept(x, dw.constant(_logit(clip), x.dtype))
     # Where not kept, x0 - x can be large (expm1 overflows, times a sigmoid that underflows): compute at x0 + 1
