@@ -79,7 +79,7 @@ def test_linear_binary_cross_entropy_exports_with_a_symbolic_batch(labels):
     pos_weight = rng.uniform(0.5, 2, CLASSES).astype(np.float32)
 
     def function(features, targets, where):
-        dense = {"labels": targets} if labels == "dense" else {"positives": targets}
+        dense = {"labels": targets, "ignore_label": -1} if labels == "dense" else {"positives": targets}
         return jaxbce.linear_binary_cross_entropy(
             features, kernel, **dense, bias=bias, pos_weight=pos_weight, where=where, reduction="batchmean"
         )
@@ -93,7 +93,7 @@ def test_linear_binary_cross_entropy_exports_with_a_symbolic_batch(labels):
     concrete = []
     for b in (3, 7):
         targets = (
-            (rng.uniform(size=(b, CLASSES)) > 0.5).astype(np.float32)
+            rng.integers(-1, 2, (b, CLASSES)).astype(np.float32)  # -1: unknown, ignored
             if labels == "dense"
             else rng.integers(-1, CLASSES, (b, 2)).astype(np.int32)
         )
