@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive clean
+.PHONY: demo test test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-accuracy bench-speed bench-fused bench-contrastive
+bench: bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step
 	$(BIN)/python bench/report.py
 	cp bench/results/*.png docs/assets/
 
@@ -65,6 +65,9 @@ bench-fused: $(STAMP)
 
 bench-contrastive: $(STAMP)
 	$(BIN)/python bench/contrastive.py
+
+bench-train-step: $(STAMP)
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
