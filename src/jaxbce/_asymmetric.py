@@ -23,6 +23,7 @@ import decimal
 import fractions
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,27 +52,31 @@ def _series_terms(dtype) -> int:
     return math.ceil(math.log(np.finfo(dtype).eps / 100) / math.log(_SERIES_BELOW))
 
 
-def _sigmoid_pairs(x):
-    """(sigmoid(x), sigmoid(-x)) as pairs, from one sigmoid(-|x|)."""
-    small = sigmoid_pair(neg_abs(x))
-    large = dw.add(dw.Pair(jnp.ones_like(x), jnp.zeros_like(x)), dw.negative(small))
-    above = x > 0
-    return dw.select(above, large, small), dw.select(above, small, large), small, large
-
-
 def _kept(x: jax.Array, x0: dw.Pair) -> jax.Array:
     """x > x0 for the pair x0 = logit(clip), i.e. p > clip; True for NaN, so that it propagates."""
     return ~((x < x0.hi) | ((x == x0.hi) & (x0.lo >= 0)))
 
 
-def _clipped_pairs(x: jax.Array, clip: float):
-    """(kept, p_m, v, neg_log_v): kept = p > clip (or x NaN), and p_m, v = 1 - p_m, -log(v) as pairs (valid
-    where kept)."""
+class _Clipped(NamedTuple):
+    """The clipped negative term's parts as pairs, valid where ``kept``."""
+
+    kept: jax.Array  # p > clip (or x NaN)
+    p_m: dw.Pair  # p - clip
+    v: dw.Pair  # 1 - p_m
+    neg_log_v: dw.Pair  # -log(1 - p_m)
+    small: dw.Pair  # sigmoid(-|x|)
+    large: dw.Pair  # sigmoid(|x|)
+
+
+def _clipped_pairs(x: jax.Array, clip: float) -> _Clipped:
     dtype = x.dtype
     zero = jnp.zeros_like(x)
     one = dw.Pair(jnp.ones_like(x), zero)
     c = dw.constant(clip, dtype)
-    sigmoid_x, sigmoid_minus_x, _, _ = _sigmoid_pairs(x)
+    small = sigmoid_pair(neg_abs(x))
+    large = dw.add(one, dw.negative(small))
+    above = x > 0
+    sigmoid_x, sigmoid_minus_x = dw.select(above, large, small), dw.select(above, small, large)
     x0 = dw.constant(_logit(clip), dtype)
     w = dw.add(x0, dw.Pair(-x, zero))
     kept = _kept(x, x0)
@@ -87,7 +92,7 @@ def _clipped_pairs(x: jax.Array, clip: float):
         h = h * p_m.hi + 1 / (n + 2)
     series = dw.fast_two_sum(p_m.hi, p_m.lo + p_m.hi * p_m.hi * h)
     neg_log_v = dw.select(p_m.hi < _SERIES_BELOW, series, dw.negative(dw.log(dw.select(kept, v, one))))
-    return kept, p_m, v, neg_log_v
+    return _Clipped(kept, p_m, v, neg_log_v, small, large)
 
 
 def _clipped_plain(x: jax.Array, clip: float):
@@ -110,7 +115,7 @@ def _power(base: jax.Array, exponent: float) -> jax.Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def clipped_negative(x: jax.Array, gamma: float, clip: float) -> jax.Array:
     """p_m**gamma * -log(1 - p_m) with p_m = max(sigmoid(x) - clip, 0), for clip in (0, 1)."""
-    kept, p_m, _, neg_log_v = _clipped_pairs(x, clip)
+    kept, p_m, _, neg_log_v, _, _ = _clipped_pairs(x, clip)
     value = dw.value(dw.multiply(dw.power(p_m, gamma), neg_log_v)) if gamma else dw.value(neg_log_v)
     return jnp.where(kept, value, 0)
 
@@ -124,8 +129,7 @@ def _clipped_negative_plain(x, gamma, clip):
 def _clipped_negative_partials(gamma, clip, x):
     def d_logits():
         # p' (gamma p_m**(gamma - 1) (-log v) + p_m**gamma / v), p' = sigmoid(x) sigmoid(-x), from pairs.
-        kept, p_m, v, neg_log_v = _clipped_pairs(x, clip)
-        _, _, small, large = _sigmoid_pairs(x)
+        kept, p_m, v, neg_log_v, small, large = _clipped_pairs(x, clip)
         # Where sigmoid(-x) underflows (x > 87 in float32) the product with factor (up to 1/clip) can still
         # be a normal number: beyond exp(-x) < eps**2, where sigmoid(-x) = exp(-x) (1 - exp(-x)) is exp(-x)
         # to the pairs' precision, it is taken 2**64 times larger and the result scaled back exactly.
@@ -160,7 +164,7 @@ def _focusing_weights_stopped(x, gamma_pos, gamma_neg, clip):
         positive = jax.lax.stop_gradient(accurate_q_power(x, ones, gamma_pos, 0.0)) * positive
     if clip:
         kept, _, neg_log_v = _clipped_plain(x, clip)
-        weight = dw.value(dw.power(_clipped_pairs(x, clip)[1], gamma_neg)) if gamma_neg else 1
+        weight = dw.value(dw.power(_clipped_pairs(x, clip).p_m, gamma_neg)) if gamma_neg else 1
         negative = jnp.where(kept, jax.lax.stop_gradient(weight) * neg_log_v, 0)
     else:
         negative = softplus(x)

@@ -165,8 +165,7 @@ def _total(config: _Config, images, texts, scale, bias, row_scale, kept):
 
 
 def _total_fwd(config, images, texts, scale, bias, row_scale, kept):
-    total, grads = _all_pairs(config, images, texts, scale, bias, row_scale, kept, gradients=True)
-    return total, grads
+    return _all_pairs(config, images, texts, scale, bias, row_scale, kept, gradients=True)  # residuals: grads
 
 
 def _total_bwd(config, grads, cotangent):
@@ -252,8 +251,7 @@ def sigmoid_contrastive_loss(
     for name, value in (("logit_scale", scale), ("logit_bias", bias)):
         if value.shape != ():
             raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
+    _linear.check_chunk_size(chunk_size)
     batch = images.shape[0]
     out_dtype = jnp.result_type(images.dtype, texts.dtype)
     dtype = _pipeline.compute_dtype(jnp.result_type(out_dtype, scale.dtype, bias.dtype))

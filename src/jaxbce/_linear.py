@@ -86,9 +86,13 @@ class _Targets(NamedTuple):
     classes_kept: jax.Array | None = None  # (chunk, chunks) bool: the contrastive loss's padded columns
 
 
-def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
+def check_chunk_size(chunk_size) -> None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
+
+
+def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
+    check_chunk_size(chunk_size)
     target = chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
     if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
         return _Layout(classes, target, -(-classes // target))
@@ -453,9 +457,9 @@ def linear_binary_cross_entropy(
         _pipeline.check_broadcasts("weight", weight.shape, batch, "features.shape[:-1]")
     keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
     known = None if ignore_label is None else labels != ignore_label
+    example_keep = None if keep is None else keep[..., None]
 
     if _pipeline.value_checks_enabled():
-        example_keep = None if keep is None else keep[..., None]
         for name, role, array, mask in (
             ("features", Role.LOGITS, features, example_keep),
             ("labels", Role.LABELS, labels, _both(example_keep, known)),
@@ -503,7 +507,7 @@ def linear_binary_cross_entropy(
         kept = rows if keep is None else jnp.sum(flat_keep, dtype=dtype)
         kept_elements = kept * classes
     else:
-        known = _both(None if keep is None else keep[..., None], known)
+        known = _both(example_keep, known)
         kept, kept_elements = jnp.sum(jnp.any(known, axis=-1), dtype=dtype), jnp.sum(known, dtype=dtype)
     denominator = jnp.asarray({"sum": 1, "mean": kept_elements, "batchmean": kept}[reduction], dtype)
     row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
