@@ -19,6 +19,10 @@ def _cell(value) -> str:
     return "inf" if value == float("inf") else f"{value:.3g}"
 
 
+def _provenance(data) -> str:
+    return f"{data['date']}, {data['machine']}, {', '.join(f'{k} {v}' for k, v in data['versions'].items())}. "
+
+
 def accuracy_section(data) -> list[str]:
     lines = [
         "## Accuracy",
@@ -79,24 +83,73 @@ def speed_section(data) -> list[str]:
     for case, rows in data["ns_per_element"].items():
         n = max(rows, key=int)
         lines += [f"| {case}, N = {int(n):,} | {k} | {v:.2f} |" for k, v in rows[n].items()]
-    evidence = data["compiled_value_and_grad"]
+    evidence = data["compiled"]
+    forward, both = evidence["forward"], evidence["value_and_grad"]
     lines += [
         "",
         f"![ns per element against N](assets/speed-{data['backend']}.png)",
         "",
-        "### Why value_and_grad is not one pass on CPU",
+        "### How many passes, from the compiled program",
         "",
-        f"The optimized HLO of `jit(value_and_grad(binary_cross_entropy_with_logits))` at N = {evidence['n']:,} "
-        f"(bool labels) has the fusions `{', '.join(evidence['fusions'])}` and {evidence['temp_bytes']:,} bytes "
-        f"of temporaries for {evidence['argument_bytes']:,} bytes of arguments. XLA's CPU backend does not fuse "
-        "elementwise producers into a reduction: the reduction runs in a YNNPACK fusion that reads the "
-        "per-element loss from memory (the add_reduce-precision loop writes it; the no-op reduce-precision at "
-        "its root stops YNNPACK from taking the final additions too, which would split the loss into two "
-        "arrays and cost 2.7x on the forward pass), and the gradient is a separate loop (broadcast_multiply) "
-        "that recomputes the exponential; the temporaries are that one float32 loss array. "
-        "The one-pass, inputs-plus-one-gradient target of the performance issue is therefore out of reach of "
-        "XLA on CPU in this version; jaxbce's loops read labels in their own dtype (a bool costs 1 byte).",
+        f"The optimized HLO at N = {evidence['n']:,} ({evidence['labels']} labels): the forward has the fusions "
+        f"`{', '.join(forward['fusions'])}` and writes {len(forward['writes_n_floats'])} array(s) of N floats; "
+        f"value_and_grad has `{', '.join(both['fusions'])}` and writes {len(both['writes_n_floats'])} "
+        f"(`{', '.join(both['writes_n_floats'])}`, the gradient). The sum of the loss is one YNNPACK pass over "
+        "the inputs (`ynn_fusion`: the select-free terms of `_elementwise.bce_with_logits_fusible`), the gradient "
+        "one XLA loop; a bool label is converted to one byte (`wrapped_convert`) for YNNPACK, which takes no "
+        "bool. XLA:CPU has no fusion that both reduces and writes an array, so the gradient's loop evaluates the "
+        "exponential again. Temporaries, including the exact fallback branch's: "
+        f"{forward['temp_bytes_incl_fallback_branch']:,} and {both['temp_bytes_incl_fallback_branch']:,} bytes.",
     ]
+    costs, one_core = data.get("fixed_costs"), data.get("fixed_costs_one_core")
+    if costs and one_core:
+        lines += [
+            "",
+            f"### Fixed costs: one jitted call at N = {costs['n']:,}",
+            "",
+            "Microseconds per call (median of interleaved rounds) and the ratio to the textbook BCE's call, on "
+            "the machine's cores and in a process pinned to one core. On several cores XLA:CPU splits a loop "
+            "whose cost model says it is expensive (the double-word gradients) into two tasks, and the hand-off "
+            "to a second thread costs tens of microseconds at this size; pinned to one core, the costs are "
+            "those of the work and the dispatch.",
+            "",
+            "| loss | forward | / textbook | value_and_grad | / textbook | forward, 1 core | / textbook "
+            "| value_and_grad, 1 core | / textbook |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in sorted({key.rsplit(" ", 1)[0] for key in costs["microseconds"]}):
+            cells = []
+            for micro in (costs["microseconds"], one_core["microseconds"]):
+                for mode in ("forward", "value_and_grad"):
+                    value = micro[f"{name} {mode}"]
+                    cells += [f"{value:.1f}", f"{value / micro[f'textbook BCE {mode}']:.2f}"]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
+def train_step_section(data, backend: str) -> list[str]:
+    lines = [
+        "## Train step",
+        "",
+        _provenance(data)
+        + "A jitted Adam step of an MLP (256 inputs, a hidden layer, one logit per class) with jaxbce's loss "
+        "(`pos_weight` per class), optax's with the same `pos_weight` written by hand, and the model alone "
+        "(`mean(logits)` as the loss) (`bench/train_step.py`). Milliseconds per step (median after warm-up) "
+        "and the loss's cost per element: the step minus the model-only step.",
+        "",
+        "| hidden | batch x classes | jaxbce ms | optax ms | model only ms | jaxbce / optax "
+        "| loss ns/element jaxbce | optax |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        ms = row["seconds"]
+        per = row["loss ns per element (step minus model only)"]
+        lines.append(
+            f"| {row.get('hidden', 512)} | {row['batch']} x {row['classes']} | {ms['jaxbce'] * 1e3:.3g} "
+            f"| {ms['optax'] * 1e3:.3g} | {ms['model only'] * 1e3:.3g} | {row['jaxbce step / optax step']:.2f} "
+            f"| {per['jaxbce']:.2g} | {per['optax']:.2g} |"
+        )
+    lines += ["", f"![train step](assets/train-step-{backend}.png)", ""]
     return lines
 
 
@@ -108,8 +161,8 @@ def fused_section(data, backend: str) -> list[str]:
     lines = [
         "## Fused linear + BCE (`linear_binary_cross_entropy`)",
         "",
-        f"{data['date']}, {data['machine']}, {', '.join(f'{k} {v}' for k, v in data['versions'].items())}. "
-        "`jit(value_and_grad)` in features, kernel and bias (`bench/fused.py`). Memory from the compiled "
+        _provenance(data)
+        + "`jit(value_and_grad)` in features, kernel and bias (`bench/fused.py`). Memory from the compiled "
         "executable's `memory_analysis()` (GiB; arguments include the labels: dense bool `(batch, C)`, or "
         "`(batch, 32)` int32 positives for the fused sparse rows), time the median of repeated runs after "
         "warm-up (– where the form was compiled but not run: over 6 GiB). `matmul floor` is `sum(features @ "
@@ -140,8 +193,8 @@ def contrastive_section(data, backend: str) -> list[str]:
     lines = [
         "## SigLIP loss (`sigmoid_contrastive_loss`)",
         "",
-        f"{data['date']}, {data['machine']}, {', '.join(f'{k} {v}' for k, v in data['versions'].items())}. "
-        "`jit(value_and_grad)` in both embeddings, the scale and the bias, D = 256 (`bench/contrastive.py`): "
+        _provenance(data)
+        + "`jit(value_and_grad)` in both embeddings, the scale and the bias, D = 256 (`bench/contrastive.py`): "
         "`dense` is big_vision's form on the 8-device mesh (texts all-gathered, `b x B` logits per device), "
         "`ring` the `ppermute` ring on the same mesh, `chunked` one device for the whole batch. Memory per "
         "device from `memory_analysis()` (MiB), time the median after warm-up (– where compiled but not run). "
@@ -256,6 +309,15 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             ratios = [entry.get(f"{mode}: jaxbce / floor")] + [entry.get(f"{mode}: {p} / jaxbce") for p in _SPEED_PEERS]
             speed.append(f"| {case} | {mode} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
 
+    train = ["| hidden | batch x classes | jaxbce step / optax step | loss ns/element: jaxbce | optax |"]
+    train.append("|---|---|---|---|---|")
+    for row in json.loads((results / "train-step-cpu.json").read_text())["rows"]:
+        per = row["loss ns per element (step minus model only)"]
+        train.append(
+            f"| {row['hidden']} | {row['batch']} x {row['classes']:,} | {row['jaxbce step / optax step']:.2f} "
+            f"| {per['jaxbce']:.2g} | {per['optax']:.2g} |"
+        )
+
     fused_data = json.loads((results / "fused-cpu.json").read_text())
     fused = [
         "| batch x D x C | labels | fused total memory | materialised jaxbce | materialised optax "
@@ -280,6 +342,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
         "accuracy-focal": focal,
         "accuracy-multilabel": multilabel,
         "speed": speed,
+        "train-step": train,
         "fused": fused,
         "contrastive": _contrastive_readme(json.loads((results / "contrastive-cpu.json").read_text())),
     }
@@ -300,6 +363,8 @@ def main() -> None:
         lines += accuracy_section(json.loads(accuracy.read_text()))
     for path in sorted(RESULTS.glob("speed-*.json")):
         lines += speed_section(json.loads(path.read_text()))
+    for path in sorted(RESULTS.glob("train-step-*.json")):
+        lines += train_step_section(json.loads(path.read_text()), path.stem.removeprefix("train-step-"))
     for path in sorted(RESULTS.glob("fused-*.json")):
         lines += fused_section(json.loads(path.read_text()), path.stem.removeprefix("fused-"))
     for path in sorted(RESULTS.glob("contrastive-*.json")):

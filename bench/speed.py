@@ -10,9 +10,13 @@ labels, and bfloat16 logits with bool labels), on the same arrays:
 * floor kernels that read the same inputs and write the same outputs with no transcendental work: forward
   ``sum(x * y)``, value_and_grad ``(sum(x * y), x - y)``.
 
+Fixed costs: one jitted call (forward and value_and_grad) of every registered loss at N = 1,024, against the
+textbook BCE and optax's BCE and focal loss, in interleaved rounds (median of the rounds' medians).
+
 Each time is the median of repeated runs after warm-up; below 64 MiB of inputs several input sets are rotated so
 that the caches do not hold them. Writes ``bench/results/speed-<backend>.json`` and ``.png`` (ns per element
-against N, log-log) and prints ratios against the floor and against each peer at the largest N.
+against N, log-log) and prints ratios against the floor and against each peer at the largest N, with the
+compiled evidence of how many passes jaxbce's forward and value_and_grad make over the inputs.
 """
 
 import argparse
@@ -21,20 +25,28 @@ import json
 import os
 import pathlib
 import platform
+import re
+import subprocess
 import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The fixed costs are measured again in a child process pinned to one core before JAX starts its threads: on
+# several cores they include XLA:CPU's hand-off of a loop split in two tasks to a second thread.
+ONE_CORE = "--fixed-costs-on-one-core"
+if ONE_CORE in sys.argv:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import jaxbce  # noqa: E402
 from common import optional, textbook_bce  # noqa: E402
+from jaxbce._registry import LOSSES  # noqa: E402
 
 CASES = {
     "float32 + float32 labels": (jnp.float32, jnp.float32),
@@ -73,7 +85,7 @@ def _median_ns(run, inputs, n):
     for args in inputs[:2]:
         jax.block_until_ready(run(*args))
     times, budget, start = [], 0.25, time.perf_counter()
-    while len(times) < 7 or (time.perf_counter() - start < budget and len(times) < 200):
+    while len(times) < 11 or (time.perf_counter() - start < budget and len(times) < 200):
         args = inputs[len(times) % len(inputs)]
         t0 = time.perf_counter()
         jax.block_until_ready(run(*args))
@@ -134,21 +146,56 @@ def measure(max_log2, quick):
 
 
 def compiled_evidence(n=1 << 20):
-    """The optimized HLO of jaxbce's value_and_grad: its fusions and memory, as the compiler reports them."""
+    """The optimized HLO of jaxbce's forward and value_and_grad (float32 logits, bool labels): the fusions of the
+    entry computation, which of them write an array of N floats, and the compiled memory."""
     x, y = jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.bool_)
-    compiled = jax.jit(jax.value_and_grad(jaxbce.binary_cross_entropy_with_logits)).lower(x, y).compile()
-    text = compiled.as_text()
-    entry = text[text.index("ENTRY") :]
-    fusions = [line.split("=")[0].split()[-1].removeprefix("%") for line in entry.splitlines() if " fusion(" in line]
-    memory = compiled.memory_analysis()
-    return {
-        "n": n,
-        "labels": "bool",
-        "fusions": fusions,
-        "argument_bytes": memory.argument_size_in_bytes,
-        "output_bytes": memory.output_size_in_bytes,
-        "temp_bytes": memory.temp_size_in_bytes,
-    }
+    loss = jaxbce.binary_cross_entropy_with_logits
+    out = {"n": n, "labels": "bool"}
+    for mode, function in (("forward", loss), ("value_and_grad", jax.value_and_grad(loss))):
+        compiled = jax.jit(function).lower(x, y).compile()
+        text = compiled.as_text()
+        entry = text[text.index("ENTRY") :]
+        memory = compiled.memory_analysis()
+        out[mode] = {
+            "fusions": re.findall(r"%(\S+) = \S+ fusion\(", entry),
+            "writes_n_floats": re.findall(rf"%(\S+) = f32\[{n}\]\{{0\}} fusion\(", entry),
+            "temp_bytes_incl_fallback_branch": memory.temp_size_in_bytes,
+        }
+    return out
+
+
+def fixed_costs(n=1024, rounds=15, calls=100):
+    """Microseconds per jitted call at N = n (float32 logits and labels): every registered loss (forward and
+    value_and_grad of its default mean), the textbook BCE and optax's BCE and focal loss."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(scale=4.0, size=n), jnp.float32)
+    p = jax.nn.sigmoid(x)
+    y = jnp.asarray(rng.uniform(size=n) > 0.5, jnp.float32)
+    first = {"logits": x, "probs": p}
+    functions = {}
+    for name, entry in LOSSES.items():
+        args = [first.get(arg, y) for arg in entry.positional]
+        functions[f"jaxbce.{name}"] = (entry.function, args)
+    functions["textbook BCE"] = (lambda x, y: jnp.mean(textbook_bce(x, y)), [x, y])
+    if optax is not None:
+        functions["optax BCE"] = (lambda x, y: jnp.mean(optax.sigmoid_binary_cross_entropy(x, y)), [x, y])
+        functions["optax focal"] = (lambda x, y: jnp.mean(optax.sigmoid_focal_loss(x, y)), [x, y])
+    runs = {}
+    for name, (function, args) in functions.items():
+        runs[f"{name} forward"] = (jax.jit(function), args)
+        runs[f"{name} value_and_grad"] = (jax.jit(jax.value_and_grad(function)), args)
+    for run, args in runs.values():
+        jax.block_until_ready(run(*args))
+    medians = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (run, args) in runs.items():
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                jax.block_until_ready(run(*args))
+                times.append(time.perf_counter() - start)
+            medians[name].append(np.median(times))
+    return {"n": n, "microseconds": {name: float(np.median(m)) * 1e6 for name, m in medians.items()}}
 
 
 def ratios(results):
@@ -195,7 +242,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-log2", type=int, default=24)
     parser.add_argument("--quick", action="store_true", help="every other size")
+    parser.add_argument(ONE_CORE, action="store_true", help="print the fixed costs on one core, as JSON")
     args = parser.parse_args()
+    if args.fixed_costs_on_one_core:
+        print(json.dumps(fixed_costs()))
+        return
+    one_core = subprocess.run([sys.executable, __file__, ONE_CORE], capture_output=True, text=True, check=True)
     backend = jax.default_backend()
     results = measure(args.max_log2, args.quick)
     report = {
@@ -206,7 +258,9 @@ def main():
         "versions": {"jax": jax.__version__, **{m.__name__: m.__version__ for m in (optax, torch, keras) if m}},
         "ns_per_element": results,
         "ratios_at_largest_n": ratios(results),
-        "compiled_value_and_grad": compiled_evidence(),
+        "compiled": compiled_evidence(),
+        "fixed_costs": fixed_costs(),
+        "fixed_costs_one_core": json.loads(one_core.stdout.splitlines()[-1]),
     }
     out = ROOT / "bench" / "results" / f"speed-{backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +269,15 @@ def main():
     print("\nratios at the largest N (floor: jaxbce time / floor time; peers: peer time / jaxbce time)")
     for case, entry in report["ratios_at_largest_n"].items():
         print(f"  {case} (N={entry['n']}): " + ", ".join(f"{k} {v:.2f}" for k, v in entry.items() if k != "n"))
-    print("compiled value_and_grad:", report["compiled_value_and_grad"])
+    print("compiled:", report["compiled"])
+    for key in ("fixed_costs", "fixed_costs_one_core"):
+        costs = report[key]["microseconds"]
+        for mode in ("forward", "value_and_grad"):
+            textbook = costs[f"textbook BCE {mode}"]
+            print(f"{key} at N=1024, {mode} (us; / textbook BCE):")
+            for name, value in costs.items():
+                if name.endswith(mode):
+                    print(f"  {name:<55} {value:7.1f}  {value / textbook:.2f}")
     print(f"wrote {out.relative_to(ROOT)} and {out.with_suffix('.png').relative_to(ROOT)}")
 
 

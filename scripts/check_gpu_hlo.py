@@ -40,6 +40,8 @@ jax.config.update("jax_enable_x64", True)
 
 import hlo_evidence  # noqa: E402  (scripts/hlo_evidence.py, beside this script)
 
+from jaxbce._registry import LOSSES  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGET = pathlib.Path(__file__).with_name("h100_target.txtpb")
 APPROXIMATE = re.compile(r"\b(div\.full\.f32|(?:div|rcp|sqrt|ex2|lg2)\.approx\S*)")
@@ -135,6 +137,16 @@ def main(platform: str) -> int:
             rows[name] = row
             print(f"{tag} {name}: {json.dumps(row)}", flush=True)
         results["dtypes"][tag] = {"libdevice fma": library_fma, "cases": rows}
+    # On CPU a large float32 BCE sum takes the fused form with an exact fallback (a conditional); on the device
+    # platform_dependent compiles only the exact sum.
+    large = jax.ShapeDtypeStruct((1 << 16,), jnp.float32, sharding=NamedSharding(mesh, P()))
+    loss = LOSSES["binary_cross_entropy_with_logits"].function
+    for mode, function in (("mean", loss), ("value_and_grad of the mean", jax.value_and_grad(loss))):
+        text = _compile_named(f"large_{mode.split()[0]}", function, 2, large)
+        conditionals = text.count(" conditional(")
+        results[f"exact sum of 65536 elements on the device, {mode}"] = {"conditionals": conditionals}
+        if conditionals:
+            failures.append(f"the {mode} of a large BCE sum compiles a conditional on {platform}")
     results["failures"] = failures
     out = ROOT / "bench" / "results" / f"{'gpu-hlo-h100' if platform == 'cuda' else 'tpu-hlo-v5e'}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

@@ -15,12 +15,15 @@ from jaxbce._numerics import (
     define_partials,
     in_tail,
     neg_abs,
+    opaque_constants,
     sigmoid,
     sigmoid_difference,
     sigmoid_nonpositive,
     smoothed_labels,
     softplus,
     softplus_nonpositive,
+    softplus_of_abs_fusible,
+    times,
     zero_times,
 )
 
@@ -75,6 +78,31 @@ def _bce_with_logits_partials(label_smoothing, x, y, pos_weight):
         return zero_times(smoothed_labels(y, label_smoothing)[0], softplus(-x))
 
     return d_logits, d_labels, d_pos_weight
+
+
+def bce_with_logits_fusible(
+    x: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
+) -> jax.Array:
+    """The value of :func:`bce_with_logits` in operations that XLA:CPU fuses into a sum
+    (:func:`jaxbce._numerics.softplus_of_abs_fusible`), for the sums of ``_pipeline._sum``: no derivative.
+
+    ``(1-y) max(x, 0) + pw y max(-x, 0)`` is ``a |x|`` exactly (one of the two is 0). An infinite logit against a
+    zero coefficient is ``0 * inf = NaN`` here, where :func:`bce_with_logits` gives 0: the NaN sends the sum to
+    the exact evaluation. Where exp(-|x|) is subnormal (|x| > 87.3; XLA flushes it to 0), ``c * exp(-|x|)``
+    with ``c = pw y + 1 - y > 1`` is 0 rather than a number below ``c * 2**-126``; :func:`bce_with_logits`
+    scales before it rounds. Elsewhere each term is within the contract's bounds (tests/test_fused_sum.py).
+    """
+    zero, one = opaque_constants(x.dtype, 0, 1)
+    positive, negative = smoothed_labels(y, label_smoothing, one)
+    positive_term = positive * jnp.maximum(-x, zero)
+    c = None
+    if pos_weight is not None:
+        positive_term = pos_weight * positive_term
+        positive = pos_weight * positive
+    if pos_weight is not None or label_smoothing != 0:
+        c = positive + negative
+    linear = negative * jnp.maximum(x, zero) + positive_term
+    return linear + times(c, softplus_of_abs_fusible(jnp.abs(x)))
 
 
 # PyTorch's BCELoss clamps each log at -100 and divides its gradient by max(p * (1 - p), 1e-12).

@@ -25,7 +25,7 @@ import math
 import jax
 
 from jaxbce import _asymmetric, _elementwise, _focal
-from jaxbce._pipeline import Role, check_fraction, check_real, is_python_number
+from jaxbce._pipeline import Role, Terms, check_fraction, check_real, is_python_number
 from jaxbce._registry import loss
 
 
@@ -64,6 +64,9 @@ def binary_cross_entropy_with_logits(
     term cancels another, and its ``custom_jvp`` rule gives the gradient ``sigmoid(x) - y`` (for ``pw = 1``) in a
     form that stays exact where ``sigmoid(x)`` rounds to 1. Within 1.5 eps of a 50-digit reference for every
     finite logit (value and logits gradient for hard labels), and ``d/dx = 0.5 - y``, ``d2/dx2 = 0.25`` at 0.
+    On CPU, a float32 reduction of 4,096 elements or more sums a select-free form of the same terms, within the
+    same bounds, which XLA fuses into one pass over the inputs (2.8x faster; the exact terms where that sum is
+    NaN); its derivatives are the exact core's ("Sums on CPU" in the numerics docs).
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
@@ -103,7 +106,10 @@ def binary_cross_entropy_with_logits(
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
     core = functools.partial(_elementwise.bce_with_logits, label_smoothing=label_smoothing)
-    return _plus_poly1(core, check_real("poly_epsilon", poly_epsilon), 1.0, label_smoothing)
+    poly_epsilon = check_real("poly_epsilon", poly_epsilon)
+    if poly_epsilon:
+        return _plus_poly1(core, poly_epsilon, 1.0, label_smoothing)
+    return Terms(core, functools.partial(_elementwise.bce_with_logits_fusible, label_smoothing=label_smoothing))
 
 
 @loss(

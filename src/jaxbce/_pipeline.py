@@ -21,10 +21,12 @@ import math
 import operator
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.experimental import checkify
 
 from jaxbce._double_word import rounded
@@ -257,8 +259,16 @@ def _first_offender(array: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Arr
     return value, index
 
 
+class Terms(NamedTuple):
+    """A loss's elementwise core and, optionally, the same values in operations that XLA:CPU fuses into a sum
+    (``fusible``: no derivative and no care for ``0 * inf``; :func:`_sum` says when it is used)."""
+
+    exact: Callable[..., jax.Array]
+    fusible: Callable[..., jax.Array] | None = None
+
+
 def compute_loss(
-    elementwise: Callable[..., jax.Array],
+    elementwise: Callable[..., jax.Array] | Terms,
     args: Sequence[Arg],
     *,
     weight: jax.typing.ArrayLike | None,
@@ -270,8 +280,9 @@ def compute_loss(
     """Checks ``args``, applies ``elementwise`` to them (None stays None), then weight, mask and reduction.
 
     ``elementwise`` receives the arrays in the compute dtype, broadcast-compatible with the first, and
-    returns the per-element loss in the compute dtype. Elements whose ``Role.LABELS`` argument equals
-    ``ignore_label`` are masked as ``where=False`` masks them (and so exempt from the value checks).
+    returns the per-element loss in the compute dtype (a :class:`Terms` adds a fusible form for sums).
+    Elements whose ``Role.LABELS`` argument equals ``ignore_label`` are masked as ``where=False`` masks them
+    (and so exempt from the value checks).
     """
     first, *others = args
     first_array = as_checked_array(first)
@@ -318,46 +329,128 @@ def compute_loss(
             register_value_checks(arg.name, arg.role, array, keep)
 
     def prepare(array: jax.Array | None, masked_value: float) -> jax.Array | None:
-        if array is None:
-            return None
-        array = array.astype(dtype)
-        if keep is None:
+        # Unmasked arrays keep their dtype here: the sums cast them inside their loops (_masked_terms).
+        if array is None or keep is None:
             return array
-        return jnp.where(keep, array, jnp.asarray(masked_value, dtype))
+        return jnp.where(keep, array.astype(dtype), jnp.asarray(masked_value, dtype))
 
     prepared = [prepare(array, _MASKED_VALUE[arg.role]) for arg, array in zip(args, arrays, strict=True)]
-    loss = elementwise(*prepared)
-    if weight_array is not None:
-        weight_array = prepare(weight_array, _MASKED_WEIGHT)
-        # A zero weight removes its element even where the loss is infinite (0 * inf is taken as 0); a NaN
-        # loss still propagates.
-        loss = weight_array * jnp.where((weight_array == 0) & jnp.isinf(loss), 0, loss)
-    if keep is not None:
-        loss = jnp.where(keep, loss, 0)
-    return _reduce(loss, shape, axes, reduction, keep, weight_array).astype(out_dtype)
-
-
-def _reduce(loss, shape, axes, reduction, keep, weight) -> jax.Array:
+    weight_array = prepare(weight_array, _MASKED_WEIGHT)
+    terms = elementwise if isinstance(elementwise, Terms) else Terms(elementwise)
     if reduction == "none":
-        return loss
-    # XLA:CPU hands a sum to YNNPACK together with the additions at the root of its operand, which splits the
-    # loss into two arrays written to memory; an opaque no-op rounding keeps the loss in one loop (2.7x faster).
-    total = jnp.sum(rounded(loss), axis=axes)
+        return _masked_terms(terms.exact, dtype, prepared, weight_array, keep).astype(out_dtype)
+    total = _sum(terms, dtype, prepared, weight_array, keep, shape, axes)
+    return _normalize(total, shape, axes, reduction, keep, weight_array).astype(out_dtype)
+
+
+def _masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -> jax.Array:
+    """``core`` of ``arrays`` cast to ``dtype``, times ``weight``, masked by ``keep``."""
+
+    def cast(array):
+        if array is None:
+            return None
+        if fusible and array.dtype == np.bool_:
+            # bool -> float is a loop that YNNPACK cannot take (it writes 4 bytes per element); bool -> uint8
+            # writes 1, and uint8 -> float is part of the fused sum.
+            array = array.astype(np.uint8)
+        return array.astype(dtype)
+
+    loss = core(*map(cast, arrays))
+    weight = cast(weight)
+    if weight is not None:
+        # A zero weight removes its element even where the loss is infinite (0 * inf is taken as 0); a NaN
+        # loss still propagates. The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
+        loss = weight * (loss if fusible else jnp.where((weight == 0) & jnp.isinf(loss), 0, loss))
+    if keep is not None:
+        # Masked elements have harmless inputs (prepare), so their fusible loss is finite and * 0 is 0.
+        loss = loss * keep if fusible else jnp.where(keep, loss, 0)
+    return loss
+
+
+# XLA:CPU hands a reduction to YNNPACK from this many input elements on (jaxlib 0.10.2, measured); smaller sums
+# stay in XLA's own loops, where the fusible terms gain nothing and the NaN check would be a fixed cost.
+FUSIBLE_MIN_ELEMENTS = 4096
+
+
+def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
+    """The sum over ``axes`` of the masked, weighted terms.
+
+    Why two evaluations: XLA:CPU hands a sum to YNNPACK together with the chain of arithmetic that feeds it, but
+    the exact cores use selects and ``reduce_precision``, which YNNPACK lacks; their terms are written to memory
+    and read back (an opaque no-op rounding keeps that to one array rather than two). Where a loss has
+    ``fusible`` terms, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` elements on CPU are taken of those, in one
+    pass over the inputs, and the exact path runs only when that sum is NaN (an inf times a zero coefficient,
+    or a NaN input). The derivative is always the exact core's (:func:`_fused_sum`); other backends fuse the
+    exact terms into their reductions and use them.
+    """
+
+    def exact_sum(arrays, weight, keep):
+        return jnp.sum(rounded(_masked_terms(terms.exact, dtype, arrays, weight, keep)), axis=axes)
+
+    size = math.prod(shape)
+    # A symbolic size (jax.export) counts as large.
+    small = not jax.export.is_symbolic_dim(size) and size < FUSIBLE_MIN_ELEMENTS
+    if terms.fusible is None or dtype != np.float32 or small:
+        return exact_sum(arrays, weight, keep)
+
+    def fused_sum(arrays, weight, keep):
+        # The barrier keeps XLA from sharing subexpressions (casts, 1 - y, -x) with the gradient's loop:
+        # shared, they are written to memory as operands of both (the fusible terms take their constants
+        # opaque for the same reason).
+        opaque = jax.lax.optimization_barrier((arrays, weight, keep))
+        total = jnp.sum(_masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
+        return jax.lax.cond(jnp.any(jnp.isnan(total)), exact_sum, lambda *_: total, arrays, weight, keep)
+
+    return _fused_sum(exact_sum, fused_sum, (arrays, weight, keep))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _fused_sum(exact_sum: Callable, fused_sum: Callable, operands: tuple) -> jax.Array:
+    """``fused_sum(*operands)`` on CPU, ``exact_sum(*operands)`` elsewhere, with the derivatives of
+    ``exact_sum`` on every backend and to every order."""
+    return jax.lax.platform_dependent(*operands, cpu=fused_sum, default=exact_sum)
+
+
+def _fused_sum_jvp(exact_sum, fused_sum, primals, tangents):
+    (operands,), (operand_tangents,) = primals, tangents
+    out = _fused_sum(exact_sum, fused_sum, operands)
+    leaves, tree = jax.tree.flatten(operands)
+    tangent_leaves = jax.tree.leaves(operand_tangents, is_leaf=lambda t: type(t) is SymbolicZero)
+    # Only the operands with a tangent are perturbed: the core's rule skips a partial derivative whose tangent
+    # is a symbolic zero (it may be infinite, and inf * 0 would be NaN), so those stay constants here.
+    live = [i for i, t in enumerate(tangent_leaves) if type(t) is not SymbolicZero]
+    if not live:
+        return out, jnp.zeros_like(out)
+
+    def exact_of_live(*values):
+        perturbed = list(leaves)
+        for i, value in zip(live, values, strict=True):
+            perturbed[i] = value
+        return exact_sum(*jax.tree.unflatten(tree, perturbed))
+
+    _, tangent = jax.jvp(exact_of_live, [leaves[i] for i in live], [tangent_leaves[i] for i in live])
+    return out, tangent
+
+
+_fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
+
+
+def _normalize(total, shape, axes, reduction, keep, weight) -> jax.Array:
     if reduction == "sum":
         return total
     if reduction == "batchmean":
         # Examples (along the leading axis) that keep at least one element.
         if keep is None:
-            denominator = jnp.asarray(shape[0], loss.dtype)
+            denominator = jnp.asarray(shape[0], total.dtype)
         else:
             kept = jnp.any(jnp.broadcast_to(keep, shape), axis=tuple(range(1, len(shape))))
-            denominator = jnp.sum(kept, dtype=loss.dtype)
+            denominator = jnp.sum(kept, dtype=total.dtype)
     elif reduction == "weighted_mean" and weight is not None:
-        denominator = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes)
+        denominator = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=total.dtype)
     elif keep is None:
-        denominator = jnp.asarray(math.prod(shape[a] for a in axes), loss.dtype)
+        denominator = jnp.asarray(math.prod(shape[a] for a in axes), total.dtype)
     else:
-        denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=loss.dtype)
+        denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=total.dtype)
     # A mean over nothing (no kept element, or zero total weight) is 0 with zero gradient, not 0/0.
     return total / jnp.where(denominator == 0, 1, denominator)
 

@@ -1,0 +1,253 @@
+"""The fused sums of the BCE with logits (``_pipeline._sum``): on CPU, float32 sums of at least
+``FUSIBLE_MIN_ELEMENTS`` terms are taken of select-free terms in one YNNPACK pass, the exact path runs where that
+sum is NaN, and every derivative is the exact core's. References: 50-digit mpmath (tests/reference.py) for the
+terms, float64 NumPy (examples/common.py's ``bce_float64``) for sums, and the exact path itself (the elementwise
+losses, ``reduction="none"``) for what must not change."""
+
+import functools
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from jaxbce import _elementwise, _pipeline, binary_cross_entropy_with_logits
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+from common import bce_float64
+
+EPS32 = float(np.finfo(np.float32).eps)
+N = 2 * _pipeline.FUSIBLE_MIN_ELEMENTS
+SETTINGS = ((1.0, 0.0), (3.0, 0.0), (0.3, 0.0), (1.0, 0.1))
+LABELS = (0.0, 1.0, 0.05, 0.3, 0.7, 1 - 1e-3)
+
+
+def _inputs(seed, n=N, *, labels=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=n) * rng.choice([0.3, 3.0, 30.0], size=n)).astype(np.float32)
+    y = rng.uniform(size=n) > 0.5
+    return jnp.asarray(x), jnp.asarray(y, labels)
+
+
+def _entry(compiled_text: str) -> str:
+    return compiled_text[compiled_text.index("ENTRY") :]
+
+
+def _array_outputs(entry: str, n: int) -> list[str]:
+    """The instructions of the entry computation that write a float array of n elements."""
+    return re.findall(rf"(%\S+) = f32\[{n}\]\{{0\}} (?:fusion|custom-call)\(", entry)
+
+
+@functools.cache
+def _term_references(pos_weight, label_smoothing):
+    x = reference.logit_grid(np.float32)
+    grid_x = np.repeat(x[None, :], len(LABELS), axis=0)
+    grid_y = np.repeat(np.array(LABELS, np.float32)[:, None], len(x), axis=1)
+    loss, _, _ = reference.bce_with_logits(grid_x, grid_y, pos_weight=pos_weight, label_smoothing=label_smoothing)
+    return grid_x, grid_y, loss
+
+
+@pytest.mark.parametrize(("pos_weight", "label_smoothing"), SETTINGS)
+def test_fusible_terms_are_within_the_contract_bound_where_ynnpack_evaluates_them(pos_weight, label_smoothing):
+    """Each fusible term, evaluated by YNNPACK (a sum over a trailing axis of the term and a zero, which XLA:CPU
+    hands to YNNPACK whole), is within the contract's loss bound of 50-digit mpmath: 1.5 eps for plain labels,
+    2.5 with pos_weight or label smoothing (measured: 1.09 and 1.19 eps for hard and soft labels)."""
+    x, y, ref = _term_references(pos_weight, label_smoothing)
+    pw = None if pos_weight == 1.0 else jnp.float32(pos_weight)
+
+    @jax.jit
+    def terms(x, y):
+        fusible = _elementwise.bce_with_logits_fusible(x, y, pw, label_smoothing)
+        return jnp.sum(fusible[..., None] * jnp.array([1.0, 0.0], jnp.float32), axis=-1)
+
+    assert "ynn_fusion" in terms.lower(x, y).compile().as_text()
+    got = np.asarray(terms(jnp.asarray(x), jnp.asarray(y)))
+    bound = 1.5 if pos_weight == 1.0 and label_smoothing == 0.0 else 2.5
+    # Where exp(-|x|) is subnormal (XLA flushes it to 0) a term c * exp(-|x|) with c = pw y + 1 - y > 1 is 0
+    # rather than a number below c * 2**-126: those terms are left out (the docstring of the fusible terms).
+    counted = ref >= max(pos_weight, 1.0) * np.finfo(np.float32).tiny
+    error = reference.eps_error(got, ref, dtype=np.float32) * counted
+    assert error.max() <= bound, (error.max(), x.ravel()[error.argmax()], y.ravel()[error.argmax()])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [_pipeline.FUSIBLE_MIN_ELEMENTS, 1 << 14, 1 << 18])
+def test_fused_sum_against_float64(seed, n):
+    """The fused sum and mean are within 2 eps of the float64 sum of the float64 terms (summation included;
+    measured at most 0.9 eps)."""
+    x, y = _inputs(seed, n)
+    ref = bce_float64(np.asarray(x), np.asarray(y))[0].sum()
+    total = float(binary_cross_entropy_with_logits(x, y, reduction="sum"))
+    mean = float(binary_cross_entropy_with_logits(x, y))
+    assert abs(total - ref) <= 2 * EPS32 * ref
+    assert abs(mean - ref / n) <= 2 * EPS32 * ref / n
+
+
+def test_value_and_grad_is_one_pass_for_the_value_and_one_for_the_gradient():
+    """The optimised HLO of the forward writes no array of N floats; value_and_grad writes exactly one (the
+    gradient), and its loss is a YNNPACK fusion."""
+    x, y = _inputs(0, 1 << 16, labels=jnp.bool_)
+    loss = functools.partial(binary_cross_entropy_with_logits)
+    forward = _entry(jax.jit(loss).lower(x, y).compile().as_text())
+    both = _entry(jax.jit(jax.value_and_grad(loss)).lower(x, y).compile().as_text())
+    assert "ynn_fusion" in forward
+    assert "ynn_fusion" in both
+    assert _array_outputs(forward, x.size) == []
+    assert len(_array_outputs(both, x.size)) == 1
+
+
+def test_small_sums_take_the_exact_path():
+    """Below FUSIBLE_MIN_ELEMENTS elements the sum is the exact terms' (bitwise the elementwise losses' sum), and one
+    term is within the contract's 1.5 eps of mpmath."""
+    x, y = _inputs(1, _pipeline.FUSIBLE_MIN_ELEMENTS - 1)
+    total = binary_cross_entropy_with_logits(x, y, reduction="sum")
+    terms = binary_cross_entropy_with_logits(x, y, reduction="none")
+    np.testing.assert_array_equal(total, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms))
+    grid = reference.logit_grid(np.float32)
+    for label in (0.0, 1.0):
+        ref = reference.bce_with_logits(grid, np.full_like(grid, label))[0]
+        got = np.array([binary_cross_entropy_with_logits(v, np.float32(label)) for v in grid[::97]])
+        assert reference.eps_error(got, ref[::97], dtype=np.float32).max() <= 1.5
+
+
+C = _pipeline.FUSIBLE_MIN_ELEMENTS
+CASES = {
+    "plain": {},
+    "pos_weight": {"pos_weight": jnp.linspace(0.5, 3.0, C, dtype=jnp.float32)},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "weight": {"weight": jnp.linspace(0.0, 2.0, C, dtype=jnp.float32)},
+    "where": {"where": jnp.arange(C) % 3 != 0},
+    "ignore_label": {"ignore_label": -1},
+}
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "weighted_mean", "batchmean"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_and_exact_paths_agree(case, reduction):
+    """Fused against exact (the elementwise losses, reduced in float64 for the value and in float32 for the
+    gradient) for every option and reduction, over all axes and over the last: values within 2
+    eps relative, gradients within 2 eps."""
+    x, y = _inputs(2, 8 * C)
+    x, y = x.reshape(8, C), y.reshape(8, C)
+    kwargs = dict(CASES[case])
+    if case == "ignore_label":
+        y = jnp.where(jnp.arange(C) % 5 == 0, -1.0, y)
+    for axis in [None] if reduction == "batchmean" else [None, -1]:
+        options = {**kwargs, "reduction": reduction, **({} if axis is None else {"axis": axis})}
+
+        def fused(x, options=options):
+            return jnp.sum(binary_cross_entropy_with_logits(x, y, **options))
+
+        def terms(x):
+            return binary_cross_entropy_with_logits(x, y, **{**kwargs, "reduction": "none"})
+
+        value, grad = jax.value_and_grad(fused)(x)
+        expected = float(_reference_value(np.asarray(terms(x), np.float64), np.asarray(y), options))
+        assert abs(float(value) - expected) <= 2 * EPS32 * abs(expected), (axis, value, expected)
+        reference_grad = jax.grad(lambda x, options=options: _reference_reduction(terms(x), y, options))(x)
+        np.testing.assert_allclose(grad, reference_grad, rtol=2 * EPS32, atol=1e-30)
+
+
+def _kept(y, options):
+    keep = np.ones(y.shape, bool)
+    if "where" in options:
+        keep &= np.broadcast_to(np.asarray(options["where"]), y.shape)
+    if "ignore_label" in options:
+        keep &= np.asarray(y) != options["ignore_label"]
+    return keep
+
+
+def _reference_value(terms, y, options):
+    """The reduction of the exact terms, in float64 (masked terms are already 0)."""
+    axis = options.get("axis")
+    total = terms.sum(axis=axis)
+    keep = _kept(y, options)
+    reduction = options["reduction"]
+    if reduction == "sum":
+        return total.sum()
+    if reduction == "batchmean":
+        return total / max(keep.any(axis=1).sum(), 1)
+    if reduction == "weighted_mean" and "weight" in options:
+        weight = np.broadcast_to(np.asarray(options["weight"], np.float64), terms.shape) * keep
+        return (total / weight.sum(axis=axis)).sum()
+    return (total / keep.sum(axis=axis)).sum()
+
+
+def _reference_reduction(terms, y, options):
+    """The same reduction in JAX (float32), differentiable, for the gradient."""
+    axis = options.get("axis")
+    keep = jnp.asarray(_kept(np.asarray(y), options))
+    total = jnp.sum(terms, axis=axis)
+    reduction = options["reduction"]
+    if reduction == "sum":
+        return jnp.sum(total)
+    if reduction == "batchmean":
+        return total / jnp.maximum(jnp.sum(jnp.any(keep, axis=1)), 1)
+    if reduction == "weighted_mean" and "weight" in options:
+        weight = jnp.broadcast_to(options["weight"], terms.shape) * keep
+        return jnp.sum(total / jnp.sum(weight, axis=axis))
+    return jnp.sum(total / jnp.sum(keep, axis=axis))
+
+
+@pytest.mark.parametrize(
+    ("logit", "label", "weight"),
+    [(np.inf, 1.0, 1.0), (-np.inf, 0.0, 1.0), (np.inf, 0.0, 1.0), (np.inf, 0.0, 0.0), (np.nan, 1.0, 1.0)],
+)
+def test_non_finite_inputs_take_the_exact_path(logit, label, weight):
+    """An infinite logit against a zero coefficient (0 * inf in the fusible terms), an infinite loss of zero
+    weight, and a NaN logit: the sum is the exact path's (0, 0, inf, 0, NaN for these elements), and the
+    gradient is finite where the exact one is."""
+    x, y = _inputs(3)
+    x, y = x.at[7].set(logit), y.at[7].set(label)
+    w = jnp.ones_like(x).at[7].set(weight)
+    value, grad = jax.value_and_grad(lambda x: binary_cross_entropy_with_logits(x, y, weight=w, reduction="sum"))(x)
+    terms = binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")
+    expected = jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms)
+    np.testing.assert_array_equal(value, expected)
+    exact_grad = jax.grad(lambda x: jnp.sum(binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")))(x)
+    np.testing.assert_array_equal(grad, exact_grad)
+
+
+def test_higher_derivatives_and_forward_mode_are_the_exact_cores():
+    """jvp, the Hessian-vector product and a third derivative of the fused mean equal those of the mean of the
+    elementwise losses (the exact core's rules)."""
+    x, y = _inputs(4)
+    v = jnp.asarray(np.random.default_rng(5).normal(size=x.shape).astype(np.float32))
+
+    def fused(x):
+        return binary_cross_entropy_with_logits(x, y, reduction="sum")
+
+    def exact(x):
+        return jnp.sum(binary_cross_entropy_with_logits(x, y, reduction="none"))
+
+    for f in (fused, exact):
+        assert jax.jvp(f, (x,), (v,))[1].shape == ()
+    np.testing.assert_allclose(jax.jvp(fused, (x,), (v,))[1], jax.jvp(exact, (x,), (v,))[1], rtol=4 * EPS32)
+    hvp = [jax.jvp(jax.grad(f), (x,), (v,))[1] for f in (fused, exact)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=2 * EPS32)
+    third = [jax.grad(lambda x, f=f: jax.jvp(jax.grad(f), (x,), (v,))[1] @ v)(x) for f in (fused, exact)]
+    np.testing.assert_allclose(third[0], third[1], rtol=4 * EPS32, atol=1e-12)
+    primal, tangent = jax.jvp(fused, (x,), (v,))
+    assert jnp.isfinite(primal)
+    assert jnp.isfinite(tangent)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels"), [(jnp.bfloat16, jnp.bool_), (jnp.float32, jnp.bool_), (jnp.float32, jnp.int32)]
+)
+def test_narrow_inputs_and_vmap(logits, labels):
+    """bfloat16 logits and bool or int labels (cast inside the fused loop) give the float32 result of the same
+    values, and vmap over a batch equals the per-row calls."""
+    x, y = _inputs(6)
+    x, y = x.astype(logits), y.astype(labels)
+    same = binary_cross_entropy_with_logits(x.astype(jnp.float32), y.astype(jnp.float32), reduction="sum")
+    got = binary_cross_entropy_with_logits(x, y, reduction="sum")
+    np.testing.assert_allclose(np.float32(got), same, rtol=2**-8 if logits == jnp.bfloat16 else 0)
+    rows = x.reshape(2, -1), y.reshape(2, -1)
+    batched = jax.vmap(lambda a, b: binary_cross_entropy_with_logits(a, b, reduction="sum"))(*rows)
+    single = [binary_cross_entropy_with_logits(a, b, reduction="sum") for a, b in zip(*rows, strict=True)]
+    np.testing.assert_allclose(batched, jnp.stack(single), rtol=2 * EPS32)
