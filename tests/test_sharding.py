@@ -17,16 +17,19 @@ from processes import run_on_two_processes
 import jaxbce
 
 BATCH, CLASSES = 16, 8
+# Large enough for the fused CPU sum of binary_cross_entropy_with_logits (_pipeline.FUSIBLE_MIN_ELEMENTS).
+FUSED_SHAPE = (64, 128)
 
 
-def _batch(seed=0):
+def _batch(seed=0, shape=(BATCH, CLASSES)):
     rng = np.random.default_rng(seed)
+    classes = shape[1]
     return {
-        "x": rng.normal(scale=3.0, size=(BATCH, CLASSES)).astype(np.float32),
-        "y": (rng.uniform(size=(BATCH, CLASSES)) > 0.5).astype(np.float32),
-        "where": rng.uniform(size=(BATCH, CLASSES)) > 0.2,
-        "pos_weight": np.linspace(0.5, 4.0, CLASSES).astype(np.float32),
-        "weight": rng.uniform(0.5, 2.0, size=(CLASSES,)).astype(np.float32),
+        "x": rng.normal(scale=3.0, size=shape).astype(np.float32),
+        "y": (rng.uniform(size=shape) > 0.5).astype(np.float32),
+        "where": rng.uniform(size=shape) > 0.2,
+        "pos_weight": np.linspace(0.5, 4.0, classes).astype(np.float32),
+        "weight": rng.uniform(0.5, 2.0, size=(classes,)).astype(np.float32),
     }
 
 
@@ -57,9 +60,9 @@ def _shard(batch, mesh):
 
 
 class MeshTest(parameterized.TestCase):
-    @parameterized.parameters("mean", "weighted_mean", "sum")
-    def test_sharded_value_and_grad_equals_single_device(self, reduction):
-        batch = _batch()
+    @parameterized.product(reduction=("mean", "weighted_mean", "sum"), shape=((BATCH, CLASSES), FUSED_SHAPE))
+    def test_sharded_value_and_grad_equals_single_device(self, reduction, shape):
+        batch = _batch(shape=shape)
         mesh = _mesh()
         sharded = _shard(batch, mesh)
         step = jax.jit(jax.value_and_grad(_loss, argnums=(0, 1, 3, 4)), static_argnames="reduction")
@@ -72,14 +75,17 @@ class MeshTest(parameterized.TestCase):
             np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
             self.assertTrue(grad.sharding.is_equivalent_to(sharded[name].sharding, grad.ndim), name)
 
-    def test_compiled_program_has_no_all_gather(self):
+    @parameterized.parameters((BATCH, CLASSES), FUSED_SHAPE)
+    def test_compiled_program_has_no_all_gather(self, *shape):
         mesh = _mesh()
-        sharded = _shard(_batch(), mesh)
+        sharded = _shard(_batch(shape=shape), mesh)
         step = jax.jit(jax.value_and_grad(_loss, argnums=(0, 3)))
         hlo = step.lower(*_args(sharded)).compile().as_text()
         collectives = sorted(
             set(re.findall(r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)", hlo))
         )
+        if mesh.devices.flat[0].platform == "cpu":  # the fused CPU sum, with its exact fallback, when large
+            self.assertEqual(" conditional(" in hlo, shape == FUSED_SHAPE)
         self.assertNotIn("all-gather", collectives)
         self.assertNotIn("all-to-all", collectives)
         self.assertEqual(collectives, ["all-reduce"])
@@ -88,7 +94,7 @@ class MeshTest(parameterized.TestCase):
         for operands in re.findall(r"= (\(?[^=]*?\)?) all-reduce\(", hlo):
             for dims in re.findall(r"\w+\[([\d,]*)\]", operands):
                 size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=int))
-                self.assertLessEqual(size, CLASSES, operands)
+                self.assertLessEqual(size, shape[1], operands)
 
     def test_per_example_losses(self):
         batch = _batch()
