@@ -117,25 +117,18 @@ def run(batches, repeats: int) -> list[dict]:
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    batches = [r["batch"] for r in rows]
-    for name in ("dense", "ring", "chunked"):
-        memory_axis.plot(batches, [r["forms"][name]["temp_bytes"] / 2**20 for r in rows], "o-", label=name)
-        time_axis.plot(batches, [r["forms"][name].get("seconds", np.nan) for r in rows], "o-", label=name)
-    memory_axis.set_title("temporary MiB per device, value_and_grad")
-    time_axis.set_title("seconds per step (8 host devices on one CPU)")
-    for axis in (memory_axis, time_axis):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("batch B (D = 256)")
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with measure.figure(path, 2, (11, 4), dpi=120) as (memory_axis, time_axis):
+        batches = [r["batch"] for r in rows]
+        for name in ("dense", "ring", "chunked"):
+            memory_axis.plot(batches, [r["forms"][name]["temp_bytes"] / 2**20 for r in rows], "o-", label=name)
+            time_axis.plot(batches, [r["forms"][name].get("seconds", np.nan) for r in rows], "o-", label=name)
+        memory_axis.set_title("temporary MiB per device, value_and_grad")
+        time_axis.set_title("seconds per step (8 host devices on one CPU)")
+        for axis in (memory_axis, time_axis):
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("batch B (D = 256)")
+            axis.legend(fontsize=8)
 
 
 def main():

@@ -122,28 +122,23 @@ def run(shapes, repeats: int) -> list[dict]:
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r['batch']}x{r['dim']}x2^{int(np.log2(r['classes']))}" + (" sparse" if r["positives_per_row"] else "")
-              for r in rows]  # fmt: skip
-    positions = np.arange(len(rows))
-    names = ("fused", "jaxbce", "optax", "matmul floor")
-    for offset, name in enumerate(names):
-        memory = [r["forms"][name]["total_bytes"] / 2**30 for r in rows]
-        memory_axis.bar(positions + 0.2 * offset, memory, width=0.2, label=name)
-        seconds = [r["forms"][name].get("seconds", np.nan) for r in rows]
-        time_axis.bar(positions + 0.2 * offset, seconds, width=0.2, label=name)
-    for axis, title in ((memory_axis, "peak bytes of value_and_grad (GiB)"), (time_axis, "seconds per step")):
-        axis.set_xticks(positions + 0.3, labels, rotation=30, ha="right", fontsize=8)
-        axis.set_yscale("log")
-        axis.set_title(title)
-    memory_axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with measure.figure(path, 2, (11, 4), dpi=120) as (memory_axis, time_axis):
+        labels = [
+            f"{r['batch']}x{r['dim']}x2^{int(np.log2(r['classes']))}" + (" sparse" if r["positives_per_row"] else "")
+            for r in rows
+        ]
+        positions = np.arange(len(rows))
+        names = ("fused", "jaxbce", "optax", "matmul floor")
+        for offset, name in enumerate(names):
+            memory = [r["forms"][name]["total_bytes"] / 2**30 for r in rows]
+            memory_axis.bar(positions + 0.2 * offset, memory, width=0.2, label=name)
+            seconds = [r["forms"][name].get("seconds", np.nan) for r in rows]
+            time_axis.bar(positions + 0.2 * offset, seconds, width=0.2, label=name)
+        for axis, title in ((memory_axis, "peak bytes of value_and_grad (GiB)"), (time_axis, "seconds per step")):
+            axis.set_xticks(positions + 0.3, labels, rotation=30, ha="right", fontsize=8)
+            axis.set_yscale("log")
+            axis.set_title(title)
+        memory_axis.legend(fontsize=8)
 
 
 def main():

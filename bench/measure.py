@@ -1,6 +1,8 @@
 """What the benchmarks measure of a compiled executable: its memory, from ``memory_analysis()`` (so it is
-known even for what is too large to run), and the median time of repeated runs after a warm-up."""
+known even for what is too large to run), and the median time of repeated runs after a warm-up; and the figure
+each benchmark draws of its results."""
 
+import contextlib
 import time
 
 import jax
@@ -26,3 +28,18 @@ def median_seconds(compiled, args, repeats: int) -> float:
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+@contextlib.contextmanager
+def figure(path, columns: int, figsize: tuple[float, float], *, dpi: int = 110, **subplots):
+    """A row of ``columns`` matplotlib axes, drawn off-screen and saved to ``path`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, columns, figsize=figsize, **subplots)
+    yield axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

@@ -44,6 +44,8 @@ import numpy as np  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
+from measure import figure  # noqa: E402  (bench/measure.py, beside this script)
+
 import jaxbce  # noqa: E402
 from common import optional, textbook_bce  # noqa: E402
 from jaxbce._registry import LOSSES  # noqa: E402
@@ -216,26 +218,19 @@ def ratios(results):
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    rows = results["float32 + float32 labels"]
-    sizes = sorted(rows, key=int)
-    for ax, mode in zip(axes, ("forward", "value_and_grad"), strict=True):
-        for name in ("jaxbce", "optax", "textbook", "keras", "torch", "floor"):
-            key = f"{name} {mode}"
-            if key in rows[sizes[0]]:
-                style = {"color": "k", "linestyle": "--"} if name == "floor" else {"marker": "o", "markersize": 3}
-                ax.plot([int(n) for n in sizes], [rows[n][key] for n in sizes], label=name, **style)
-        ax.set(xscale="log", yscale="log", xlabel="N (elements)", title=f"{mode}, float32 logits and labels")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("ns per element (median)")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with figure(path, 2, (12, 4.5), sharey=True) as axes:
+        rows = results["float32 + float32 labels"]
+        sizes = sorted(rows, key=int)
+        for ax, mode in zip(axes, ("forward", "value_and_grad"), strict=True):
+            for name in ("jaxbce", "optax", "textbook", "keras", "torch", "floor"):
+                key = f"{name} {mode}"
+                if key in rows[sizes[0]]:
+                    style = {"color": "k", "linestyle": "--"} if name == "floor" else {"marker": "o", "markersize": 3}
+                    ax.plot([int(n) for n in sizes], [rows[n][key] for n in sizes], label=name, **style)
+            ax.set(xscale="log", yscale="log", xlabel="N (elements)", title=f"{mode}, float32 logits and labels")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("ns per element (median)")
+        axes[1].legend()
 
 
 def main():

@@ -100,25 +100,18 @@ def run(rounds_count: int = 7) -> list[dict]:
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(HIDDEN), figsize=(6 * len(HIDDEN), 4.5))
-    for ax, hidden in zip(axes, HIDDEN, strict=True):
-        selected = [row for row in rows if row["hidden"] == hidden]
-        labels = [f"{row['batch']} x {row['classes']}" for row in selected]
-        positions = np.arange(len(selected))
-        for offset, name in zip((-0.27, 0.0, 0.27), LOSSES, strict=True):
-            ms = [row["seconds"][name] * 1e3 for row in selected]
-            ax.bar(positions + offset, ms, width=0.27, label=name)
-        ax.set(xticks=positions, xticklabels=labels, yscale="log", ylabel="ms per step (median)")
-        ax.set_title(f"Adam step, MLP 256 -> {hidden} -> classes")
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with measure.figure(path, len(HIDDEN), (6 * len(HIDDEN), 4.5)) as axes:
+        for ax, hidden in zip(axes, HIDDEN, strict=True):
+            selected = [row for row in rows if row["hidden"] == hidden]
+            labels = [f"{row['batch']} x {row['classes']}" for row in selected]
+            positions = np.arange(len(selected))
+            for offset, name in zip((-0.27, 0.0, 0.27), LOSSES, strict=True):
+                ms = [row["seconds"][name] * 1e3 for row in selected]
+                ax.bar(positions + offset, ms, width=0.27, label=name)
+            ax.set(xticks=positions, xticklabels=labels, yscale="log", ylabel="ms per step (median)")
+            ax.set_title(f"Adam step, MLP 256 -> {hidden} -> classes")
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+        axes[0].legend()
 
 
 def main():
