@@ -101,6 +101,28 @@ def speed_section(data) -> list[str]:
         "exponential again. Temporaries, including the exact fallback branch's: "
         f"{forward['temp_bytes_incl_fallback_branch']:,} and {both['temp_bytes_incl_fallback_branch']:,} bytes.",
     ]
+    every = data.get("every_loss")
+    if every:
+        lines += [
+            "",
+            f"### Every loss at N = {every['n']:,}",
+            "",
+            f"ns per element of each registered loss's mean ({every['labels']} labels; interleaved rounds), and "
+            "how many arrays of N floats its compiled program writes: none for a forward that is one pass over "
+            "the inputs, one for a value_and_grad that adds only the gradient. The losses without select-free "
+            'terms (the numerics docs, "Sums on CPU") write their terms, and intermediates shared between '
+            "value and gradient, to memory.",
+            "",
+            "| loss | forward | arrays written | value_and_grad | arrays written |",
+            "|---|---|---|---|---|",
+        ]
+        for name in dict.fromkeys(key.rsplit(" ", 1)[0] for key in every["ns_per_element"]):
+            cells = [
+                f"{every[field][f'{name} {mode}']:{spec}}"
+                for mode in ("forward", "value_and_grad")
+                for field, spec in (("ns_per_element", ".2f"), ("writes_n_floats", "d"))
+            ]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     costs, one_core = data.get("fixed_costs"), data.get("fixed_costs_one_core")
     if costs and one_core:
         lines += [

@@ -48,6 +48,7 @@ from measure import figure  # noqa: E402  (bench/measure.py, beside this script)
 
 import jaxbce  # noqa: E402
 from common import optional, textbook_bce  # noqa: E402
+from jaxbce._pipeline import Role  # noqa: E402
 from jaxbce._registry import LOSSES  # noqa: E402
 
 CASES = {
@@ -166,22 +167,31 @@ def compiled_evidence(n=1 << 20):
     return out
 
 
-def fixed_costs(n=1024, rounds=15, calls=100):
-    """Microseconds per jitted call at N = n (float32 logits and labels): every registered loss (forward and
-    value_and_grad of its default mean), the textbook BCE and optax's BCE and focal loss."""
+def _loss_inputs(n, labels_dtype):
+    """Arrays of n elements for every registered loss's positional arguments, by role: logits, probabilities,
+    labels of ``labels_dtype``, and other logits for the KL divergence's targets."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(scale=4.0, size=n), jnp.float32)
-    p = jax.nn.sigmoid(x)
-    y = jnp.asarray(rng.uniform(size=n) > 0.5, jnp.float32)
-    first = {"logits": x, "probs": p}
+    by_role = {
+        Role.LOGITS: [x, jnp.asarray(rng.normal(scale=4.0, size=n), jnp.float32)],
+        Role.PROBABILITIES: [jax.nn.sigmoid(x)],
+        Role.LABELS: [jnp.asarray(rng.uniform(size=n) > 0.5, labels_dtype)],
+    }
     functions = {}
     for name, entry in LOSSES.items():
-        args = [first.get(arg, y) for arg in entry.positional]
+        taken = {role: 0 for role in by_role}
+        args = []
+        for arg in entry.positional:
+            role = dict(entry.arrays)[arg]
+            args.append(by_role[role][taken[role]])
+            taken[role] += 1
         functions[f"jaxbce.{name}"] = (entry.function, args)
-    functions["textbook BCE"] = (lambda x, y: jnp.mean(textbook_bce(x, y)), [x, y])
-    if optax is not None:
-        functions["optax BCE"] = (lambda x, y: jnp.mean(optax.sigmoid_binary_cross_entropy(x, y)), [x, y])
-        functions["optax focal"] = (lambda x, y: jnp.mean(optax.sigmoid_focal_loss(x, y)), [x, y])
+    return functions
+
+
+def _interleaved_medians(functions, rounds, calls):
+    """Seconds per call of the forward and the value_and_grad of each function, the median over rounds (each
+    function's median of ``calls`` calls, all functions in turn in every round)."""
     runs = {}
     for name, (function, args) in functions.items():
         runs[f"{name} forward"] = (jax.jit(function), args)
@@ -197,7 +207,44 @@ def fixed_costs(n=1024, rounds=15, calls=100):
                 jax.block_until_ready(run(*args))
                 times.append(time.perf_counter() - start)
             medians[name].append(np.median(times))
-    return {"n": n, "microseconds": {name: float(np.median(m)) * 1e6 for name, m in medians.items()}}
+    return {name: float(np.median(m)) for name, m in medians.items()}
+
+
+def fixed_costs(n=1024, rounds=15, calls=100):
+    """Microseconds per jitted call at N = n (float32 logits and labels): every registered loss (forward and
+    value_and_grad of its default mean), the textbook BCE and optax's BCE and focal loss."""
+    functions = _loss_inputs(n, jnp.float32)
+    x, y = functions["jaxbce.binary_cross_entropy_with_logits"][1]
+    functions["textbook BCE"] = (lambda x, y: jnp.mean(textbook_bce(x, y)), [x, y])
+    if optax is not None:
+        functions["optax BCE"] = (lambda x, y: jnp.mean(optax.sigmoid_binary_cross_entropy(x, y)), [x, y])
+        functions["optax focal"] = (lambda x, y: jnp.mean(optax.sigmoid_focal_loss(x, y)), [x, y])
+    seconds = _interleaved_medians(functions, rounds, calls)
+    return {"n": n, "microseconds": {name: value * 1e6 for name, value in seconds.items()}}
+
+
+def every_loss(n=1 << 22, rounds=7, calls=5):
+    """ns per element of every registered loss's default mean at N = n (float32 first argument, bool labels),
+    forward and value_and_grad in interleaved rounds, with the arrays of N floats that each compiled program
+    writes (none for a forward that is one pass over the inputs)."""
+    functions = _loss_inputs(n, jnp.bool_)
+    # Float labels may be soft: the BCE from probabilities then sums its exact terms.
+    p, y = functions["jaxbce.binary_cross_entropy"][1]
+    functions["jaxbce.binary_cross_entropy, float32 labels"] = (LOSSES["binary_cross_entropy"].function, [p, 1.0 * y])
+    seconds = _interleaved_medians(functions, rounds, calls)
+    writes = {}
+    for name, (function, args) in functions.items():
+        for mode, run in (("forward", function), ("value_and_grad", jax.value_and_grad(function))):
+            text = jax.jit(run).lower(*args).compile().as_text()
+            writes[f"{name} {mode}"] = len(
+                re.findall(rf"%\S+ = f32\[{n}\]\{{0\}} fusion\(", text[text.index("ENTRY") :])
+            )
+    return {
+        "n": n,
+        "labels": "bool",
+        "ns_per_element": {name: value / n * 1e9 for name, value in seconds.items()},
+        "writes_n_floats": writes,
+    }
 
 
 def ratios(results):
@@ -256,6 +303,7 @@ def main():
         "compiled": compiled_evidence(),
         "fixed_costs": fixed_costs(),
         "fixed_costs_one_core": json.loads(one_core.stdout.splitlines()[-1]),
+        "every_loss": every_loss(1 << min(22, args.max_log2)),
     }
     out = ROOT / "bench" / "results" / f"speed-{backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +321,10 @@ def main():
             for name, value in costs.items():
                 if name.endswith(mode):
                     print(f"  {name:<55} {value:7.1f}  {value / textbook:.2f}")
+    every = report["every_loss"]
+    print(f"every loss at N={every['n']} (ns/element; arrays of N floats written):")
+    for name, value in every["ns_per_element"].items():
+        print(f"  {name:<55} {value:6.2f}  {every['writes_n_floats'][name]}")
     print(f"wrote {out.relative_to(ROOT)} and {out.with_suffix('.png').relative_to(ROOT)}")
 
 

@@ -238,6 +238,12 @@ SCALAR = {
 }
 
 
+def value(name, *arrays, **options):
+    """The loss ``name`` of ``SCALAR`` elementwise over ``arrays`` (broadcast; None for an absent optional one),
+    as float64."""
+    return _elementwise(lambda *values: (SCALAR[name](*values, **options),), *arrays)[0]
+
+
 def derivative(name, arrays, argnum, order, options):
     """The ``order``-th derivative of the loss ``name`` in its array argument ``argnum`` at ``arrays`` (a list of
     floats, None for an absent optional one), by mpmath.diff at 50 digits; one-sided at the ends of [0, 1]

@@ -1,8 +1,9 @@
-"""The fused sums of the BCE with logits (``_pipeline._sum``): on CPU, float32 sums of at least
-``FUSIBLE_MIN_ELEMENTS`` terms are taken of select-free terms in one YNNPACK pass, the exact path runs where that
-sum is NaN, and every derivative is the exact core's. References: 50-digit mpmath (tests/reference.py) for the
-terms, float64 NumPy (examples/common.py's ``bce_float64``) for sums, and the exact path itself (the elementwise
-losses, ``reduction="none"``) for what must not change."""
+"""The fused sums (``_pipeline._sum``) of the BCE with logits, the BCE from probabilities with hard labels and the
+binary entropy: on CPU, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` terms are taken of select-free terms in
+one YNNPACK pass, the exact path runs where that sum is NaN or tiny, and every derivative is the exact core's.
+References: 50-digit mpmath (tests/reference.py) for the terms, float64 NumPy (examples/common.py's
+``bce_float64``) for sums, and the exact path itself (the elementwise losses, ``reduction="none"``) for what
+must not change."""
 
 import functools
 import pathlib
@@ -15,7 +16,13 @@ import numpy as np
 import pytest
 
 import reference
-from jaxbce import _elementwise, _pipeline, binary_cross_entropy_with_logits
+from jaxbce import (
+    _elementwise,
+    _pipeline,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    binary_entropy,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 from common import bce_float64
@@ -51,28 +58,100 @@ def _term_references(pos_weight, label_smoothing):
     return grid_x, grid_y, loss
 
 
-@pytest.mark.parametrize(("pos_weight", "label_smoothing"), SETTINGS)
-def test_fusible_terms_are_within_the_contract_bound_where_ynnpack_evaluates_them(pos_weight, label_smoothing):
-    """Each fusible term, evaluated by YNNPACK (a sum over a trailing axis of the term and a zero, which XLA:CPU
-    hands to YNNPACK whole), is within the contract's loss bound of 50-digit mpmath: 1.5 eps for plain labels,
-    2.5 with pos_weight or label smoothing (measured: 0.89 and 1.23 eps
-    for hard and soft labels, 1.82 with pos_weight 3)."""
-    x, y, ref = _term_references(pos_weight, label_smoothing)
-    pw = None if pos_weight == 1.0 else jnp.float32(pos_weight)
+def _as_ynnpack_evaluates(terms, *arrays) -> np.ndarray:
+    """``terms(*arrays)`` evaluated by YNNPACK: summed with a zero over a trailing axis, which XLA:CPU hands to
+    YNNPACK whole."""
 
     @jax.jit
-    def terms(x, y):
-        fusible = _elementwise.bce_with_logits_fusible(x, y, pw, label_smoothing)
-        return jnp.sum(fusible[..., None] * jnp.array([1.0, 0.0], jnp.float32), axis=-1)
+    def evaluate(*arrays):
+        return jnp.sum(terms(*arrays)[..., None] * jnp.array([1.0, 0.0], jnp.float32), axis=-1)
 
-    assert "ynn_fusion" in terms.lower(x, y).compile().as_text()
-    got = np.asarray(terms(jnp.asarray(x), jnp.asarray(y)))
+    arrays = [jnp.asarray(a) for a in arrays]
+    assert "ynn_fusion" in evaluate.lower(*arrays).compile().as_text()
+    return np.asarray(evaluate(*arrays))
+
+
+@pytest.mark.parametrize(("pos_weight", "label_smoothing"), SETTINGS)
+def test_fusible_terms_are_within_the_contract_bound_where_ynnpack_evaluates_them(pos_weight, label_smoothing):
+    """Each fusible term, evaluated by YNNPACK, is within the contract's loss bound of 50-digit mpmath: 1.5 eps
+    for plain labels, 2.5 with pos_weight or label smoothing (measured: 0.89 and 1.23 eps for hard and soft
+    labels, 1.82 with pos_weight 3)."""
+    x, y, ref = _term_references(pos_weight, label_smoothing)
+    pw = None if pos_weight == 1.0 else jnp.float32(pos_weight)
+    got = _as_ynnpack_evaluates(lambda x, y: _elementwise.bce_with_logits_fusible(x, y, pw, label_smoothing), x, y)
     bound = 1.5 if pos_weight == 1.0 and label_smoothing == 0.0 else 2.5
     # Where exp(-|x|) is subnormal (XLA flushes it to 0) a term c * exp(-|x|) with c = pw y + 1 - y > 1 is 0
     # rather than a number below c * 2**-126: those terms are left out (the docstring of the fusible terms).
     counted = ref >= max(pos_weight, 1.0) * np.finfo(np.float32).tiny
     error = reference.eps_error(got, ref, dtype=np.float32) * counted
     assert error.max() <= bound, (error.max(), x.ravel()[error.argmax()], y.ravel()[error.argmax()])
+
+
+PROBABILITIES = np.concatenate(
+    [np.linspace(0, 1, 2001), np.geomspace(1e-30, 0.5, 300), 1 - np.geomspace(1e-7, 0.5, 300)]
+).astype(np.float32)
+
+
+@pytest.mark.parametrize(("pos_weight", "label_smoothing"), [(None, 0.0), (3.0, 0.0), (None, 0.1)])
+def test_probability_terms_for_hard_labels_are_within_the_contract_bound(pos_weight, label_smoothing):
+    """The fusible terms of the BCE from probabilities, for labels 0 and 1 as YNNPACK evaluates them, are within
+    1.5 eps of 50-digit mpmath (2.5 with pos_weight or smoothing; measured 1.38, 1.45, 1.43). Soft labels reach
+    1.72 eps with YNNPACK's log, which is why only bool and integer labels take this path."""
+    p = np.tile(PROBABILITIES, 2)
+    y = np.repeat(np.float32([0, 1]), len(PROBABILITIES))
+    ref = reference.value("bce_with_probabilities", p, y, pos_weight, label_smoothing=label_smoothing)
+    pw = None if pos_weight is None else jnp.float32(pos_weight)
+    got = _as_ynnpack_evaluates(
+        lambda p, y: _elementwise.bce_with_probabilities_fusible(p, y, pw, label_smoothing), p, y
+    )
+    bound = 1.5 if pos_weight is None and label_smoothing == 0.0 else 2.5
+    assert reference.eps_error(got, ref, dtype=np.float32).max() <= bound
+
+
+def test_entropy_terms_are_within_the_contract_bound():
+    """The fusible terms of the binary entropy as YNNPACK evaluates them are within 1.5 eps of 50-digit mpmath
+    (measured 1.31) where exp(-|x|) is normal; beyond (|x| > 87.3) the flushed terms are 0, and a sum of them
+    takes the exact path (test_sums_of_flushed_terms_take_the_exact_path)."""
+    x = reference.logit_grid(np.float32)
+    ref = reference.binary_entropy(x)[0]
+    got = _as_ynnpack_evaluates(_elementwise.binary_entropy_fusible, x)
+    error = reference.eps_error(got, ref, dtype=np.float32)
+    assert error[np.abs(x) < 87.3].max() <= 1.5
+    assert np.all(got[np.abs(x) >= 87.3] <= ref[np.abs(x) >= 87.3])
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "logit", "label", "options"),
+    [
+        ("bce_with_logits", binary_cross_entropy_with_logits, 90.0, 1.0, {"pos_weight": 1e6}),
+        ("binary_entropy", binary_entropy, -90.0, None, {}),
+    ],
+)
+def test_sums_of_flushed_terms_take_the_exact_path(name, loss, logit, label, options):
+    """Terms that are normal numbers but whose fusible form flushes to 0 (c * exp(-90) with c = 1e6 in the BCE,
+    90 * sigmoid(-90) in the entropy): their sum is below n * 2**-90, so it is the exact path's (bitwise the sum
+    of the elementwise losses), within 2 eps of 50-digit mpmath up to the subnormal parts of each term, where
+    the fusible sum would be 0."""
+    x = jnp.full(2 * _pipeline.FUSIBLE_MIN_ELEMENTS, logit, jnp.float32)
+    arrays = (x,) if label is None else (x, jnp.full_like(x, label))
+    got = loss(*arrays, **options, reduction="sum")
+    terms = loss(*arrays, **options, reduction="none")
+    np.testing.assert_array_equal(got, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms))
+    ref = reference.value(name, logit, *arrays[1:2] and (label,), *options.values()) * x.size
+    subnormal_parts = x.size * np.finfo(np.float32).tiny
+    assert ref > 4 * subnormal_parts
+    assert abs(float(got) - ref) <= 2 * EPS32 * ref + subnormal_parts
+
+
+def test_probabilities_with_float_labels_take_the_exact_path():
+    """Float labels may be soft, so the BCE from probabilities sums its exact terms (bitwise the sum of the
+    elementwise losses) whatever its size."""
+    p = jnp.asarray(np.random.default_rng(8).uniform(size=N).astype(np.float32))
+    y = (p > 0.3).astype(jnp.float32)
+    terms = binary_cross_entropy(p, y, reduction="none")
+    np.testing.assert_array_equal(
+        binary_cross_entropy(p, y, reduction="sum"), jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms)
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -88,17 +167,20 @@ def test_fused_sum_against_float64(seed, n):
     assert abs(mean - ref / n) <= 2 * EPS32 * ref / n
 
 
-def test_value_and_grad_is_one_pass_for_the_value_and_one_for_the_gradient():
-    """The optimised HLO of the forward writes no array of N floats; value_and_grad writes exactly one (the
-    gradient), and its loss is a YNNPACK fusion."""
+@pytest.mark.parametrize("loss", [binary_cross_entropy_with_logits, binary_cross_entropy, binary_entropy])
+def test_value_and_grad_is_one_pass_for_the_value_and_one_for_the_gradient(loss):
+    """The optimised HLO of the forward writes no array of N floats, and the loss is a YNNPACK fusion in
+    value_and_grad too. For both BCEs value_and_grad writes exactly one array (the gradient); the entropy's
+    gradient rule writes intermediates of its own."""
     x, y = _inputs(0, 1 << 16, labels=jnp.bool_)
-    loss = functools.partial(binary_cross_entropy_with_logits)
-    forward = _entry(jax.jit(loss).lower(x, y).compile().as_text())
-    both = _entry(jax.jit(jax.value_and_grad(loss)).lower(x, y).compile().as_text())
+    arrays = (x,) if loss is binary_entropy else (jax.nn.sigmoid(x) if loss is binary_cross_entropy else x, y)
+    forward = _entry(jax.jit(loss).lower(*arrays).compile().as_text())
+    both = _entry(jax.jit(jax.value_and_grad(loss)).lower(*arrays).compile().as_text())
     assert "ynn_fusion" in forward
     assert "ynn_fusion" in both
     assert _array_outputs(forward, x.size) == []
-    assert len(_array_outputs(both, x.size)) == 1
+    if loss is not binary_entropy:
+        assert len(_array_outputs(both, x.size)) == 1
 
 
 def test_small_sums_take_the_exact_path():
@@ -192,6 +274,62 @@ def _reference_reduction(terms, y, options):
         weight = jnp.broadcast_to(options["weight"], terms.shape) * keep
         return jnp.sum(total / jnp.sum(weight, axis=axis))
     return jnp.sum(total / jnp.sum(keep, axis=axis))
+
+
+def _probability_inputs(seed, shape):
+    """Probabilities (exact 0 and 1 among them) and int32 labels, so that the fusible terms apply."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(size=shape).astype(np.float32)
+    p.flat[::97], p.flat[1::97] = 0.0, 1.0
+    return jnp.asarray(p), jnp.asarray(rng.uniform(size=shape) > 0.5, jnp.int32)
+
+
+OTHER_LOSSES = {
+    "binary_cross_entropy": (lambda p, y, **options: binary_cross_entropy(p, y, **options), _probability_inputs),
+    "binary_entropy": (lambda x, y, **options: binary_entropy(x, **options), lambda s, shape: _inputs(s, shape)),
+}
+OTHER_CASES = [
+    *[("binary_cross_entropy", "plain", r) for r in ("sum", "mean", "weighted_mean", "batchmean")],
+    ("binary_cross_entropy", "pos_weight", "mean"),
+    ("binary_cross_entropy", "weight", "weighted_mean"),
+    ("binary_cross_entropy", "where", "mean"),
+    ("binary_cross_entropy", "ignore_label", "batchmean"),
+    *[("binary_entropy", "plain", r) for r in ("sum", "mean", "batchmean")],
+    ("binary_entropy", "where", "mean"),
+]
+
+
+@pytest.mark.parametrize(("name", "case", "reduction"), OTHER_CASES)
+def test_fused_and_exact_paths_agree_for_probabilities_and_entropy(name, case, reduction):
+    """As test_fused_and_exact_paths_agree, for the BCE from probabilities (int labels) and the entropy; and
+    the fused sum's jvp and Hessian-vector product equal the exact ones (within 4 eps)."""
+    loss, inputs = OTHER_LOSSES[name]
+    x, y = inputs(9, (8, C))
+    kwargs = dict(CASES[case])
+    if case == "ignore_label":
+        y = jnp.where(jnp.arange(C) % 5 == 0, -1, y)
+    for axis in [None] if reduction == "batchmean" else [None, -1]:
+        options = {**kwargs, "reduction": reduction, **({} if axis is None else {"axis": axis})}
+
+        def fused(x, options=options):
+            return jnp.sum(loss(x, y, **options))
+
+        def exact(x, options=options):
+            return _reference_reduction(loss(x, y, **{**kwargs, "reduction": "none"}), y, options)
+
+        value, grad = jax.value_and_grad(fused)(x)
+        terms = np.asarray(loss(x, y, **{**kwargs, "reduction": "none"}), np.float64)
+        expected = float(_reference_value(terms, np.asarray(y), options))
+        assert abs(float(value) - expected) <= 2 * EPS32 * abs(expected), (axis, value, expected)
+        scale = float(jnp.max(jnp.abs(grad)))
+        np.testing.assert_allclose(grad, jax.grad(exact)(x), rtol=2 * EPS32, atol=2 * EPS32 * scale)
+    if case == "plain" and reduction == "mean":
+        v = jnp.asarray(np.random.default_rng(10).normal(size=x.shape).astype(np.float32)) * 1e-3
+        tangents = [jax.jvp(f, (x,), (v,))[1] for f in (fused, exact)]
+        np.testing.assert_allclose(tangents[0], tangents[1], rtol=4 * EPS32)
+        hvp = [jax.jvp(jax.grad(f), (x,), (v,))[1] for f in (fused, exact)]
+        scale = float(jnp.max(jnp.abs(hvp[1])))
+        np.testing.assert_allclose(hvp[0], hvp[1], rtol=4 * EPS32, atol=4 * EPS32 * scale)
 
 
 @pytest.mark.parametrize(

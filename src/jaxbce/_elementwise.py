@@ -121,6 +121,17 @@ def _clamped_logs(p: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.maximum(jnp.log(p), _LOG_FLOOR), jnp.maximum(log_not_p, _LOG_FLOOR)
 
 
+def _clamped_logs_fusible(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # The same logs in operations that XLA:CPU fuses into a sum (no select): log(1 - p) as log(hi) + lo / hi for
+    # every p, with lo the rounding error of hi = 1 - p (for p < 2**-25, hi = 1 and the value is -p, which is
+    # log1p(-p) to rounding). At p = 1, lo = 0 and the divisor is kept off 0 by the max.
+    one, tiny, floor = opaque_constants(p.dtype, 1, np.finfo(p.dtype).tiny, _LOG_FLOOR)
+    hi = one - p
+    lo = (one - hi) - p
+    log_not_p = jnp.log(hi) + lo / jnp.maximum(hi, tiny)
+    return jnp.maximum(jnp.log(p), floor), jnp.maximum(log_not_p, floor)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def bce_with_probabilities(
     p: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
@@ -132,6 +143,19 @@ def bce_with_probabilities(
     positive_term = positive * log_p
     if pos_weight is not None:
         positive_term = zero_times(pos_weight, positive_term)
+    return -(positive_term + negative * log_not_p)
+
+
+def bce_with_probabilities_fusible(
+    p: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
+) -> jax.Array:
+    """The value of :func:`bce_with_probabilities` in operations that XLA:CPU fuses into a sum, for the sums of
+    ``_pipeline._sum``: no derivative. The logs are clamped as there, so no term is infinite."""
+    positive, negative = smoothed_labels(y, label_smoothing, *opaque_constants(p.dtype, 1))
+    log_p, log_not_p = _clamped_logs_fusible(p)
+    positive_term = positive * log_p
+    if pos_weight is not None:
+        positive_term = pos_weight * positive_term
     return -(positive_term + negative * log_not_p)
 
 
@@ -168,6 +192,16 @@ def binary_entropy(x: jax.Array) -> jax.Array:
     """H(sigmoid(x)) = sigmoid(-|x|) * |x| + softplus(-|x|) in nats: two non-negative terms, symmetric in x."""
     nx = neg_abs(x)
     return _abs_x_sigmoid(x) + softplus_nonpositive(nx)
+
+
+def binary_entropy_fusible(x: jax.Array) -> jax.Array:
+    """The value of :func:`binary_entropy` in operations that XLA:CPU fuses into a sum, for the sums of
+    ``_pipeline._sum``: no derivative. ``|x| * sigmoid(-|x|)`` is 0 rather than a number below ``|x| * 2**-126``
+    where ``sigmoid(-|x|)`` is subnormal (|x| > 87.3; XLA flushes it), and NaN at |x| = inf (``inf * 0``)."""
+    ax = jnp.abs(x)
+    (one,) = opaque_constants(x.dtype, 1)
+    e = jnp.exp(-ax)
+    return ax * (e / (one + e)) + softplus_of_abs_fusible(ax)
 
 
 def _abs_x_sigmoid(x: jax.Array) -> jax.Array:

@@ -380,8 +380,8 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
     and read back (an opaque no-op rounding keeps that to one array rather than two). Where a loss has
     ``fusible`` terms, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` elements on CPU are taken of those, in one
     pass over the inputs, and the exact path runs only when that sum is NaN (an inf times a zero coefficient,
-    or a NaN input). The derivative is always the exact core's (:func:`_fused_sum`); other backends fuse the
-    exact terms into their reductions and use them.
+    or a NaN input) or so small that subnormals flushed to 0 could matter. The derivative is always the exact
+    core's (:func:`_fused_sum`); other backends fuse the exact terms into their reductions and use them.
     """
 
     def exact_sum(arrays, weight, keep):
@@ -393,13 +393,20 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
     if terms.fusible is None or dtype != np.float32 or small:
         return exact_sum(arrays, weight, keep)
 
+    # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
+    # subnormal intermediates): below 2**-119 times the term's weight and pos_weight in every jaxbce loss. For
+    # coefficients of order 1 those change a sum of n terms of at least n * 2**-90 by less than 2**-29 of
+    # itself; a smaller sum is taken exactly.
+    count = math.prod(shape[a] for a in axes)
+
     def fused_sum(arrays, weight, keep):
         # The barrier keeps XLA from sharing subexpressions (casts, 1 - y, -x) with the gradient's loop:
         # shared, they are written to memory as operands of both (the fusible terms take their constants
         # opaque for the same reason).
         opaque = jax.lax.optimization_barrier((arrays, weight, keep))
         total = jnp.sum(_masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
-        return jax.lax.cond(jnp.any(jnp.isnan(total)), exact_sum, lambda *_: total, arrays, weight, keep)
+        trusted = jnp.all(total >= jnp.asarray(count, dtype) * 2.0**-90)  # False for a NaN sum
+        return jax.lax.cond(trusted, lambda *_: total, exact_sum, arrays, weight, keep)
 
     return _fused_sum(exact_sum, fused_sum, (arrays, weight, keep))
 
