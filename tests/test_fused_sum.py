@@ -129,7 +129,7 @@ def test_entropy_terms_are_within_the_contract_bound():
 )
 def test_sums_of_flushed_terms_take_the_exact_path(name, loss, logit, label, options):
     """Terms that are normal numbers but whose fusible form flushes to 0 (c * exp(-90) with c = 1e6 in the BCE,
-    90 * sigmoid(-90) in the entropy): their sum is below n * 2**-90, so it is the exact path's (bitwise the sum
+    90 * sigmoid(-90) in the entropy): their sum is below n * 2**-64, so it is the exact path's (bitwise the sum
     of the elementwise losses), within 2 eps of 50-digit mpmath up to the subnormal parts of each term, where
     the fusible sum would be 0."""
     x = jnp.full(2 * _pipeline.FUSIBLE_MIN_ELEMENTS, logit, jnp.float32)

@@ -394,9 +394,9 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
         return exact_sum(arrays, weight, keep)
 
     # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
-    # subnormal intermediates): below 2**-119 times the term's weight and pos_weight in every jaxbce loss. For
-    # coefficients of order 1 those change a sum of n terms of at least n * 2**-90 by less than 2**-29 of
-    # itself; a smaller sum is taken exactly.
+    # subnormal intermediates): below 2**-119 times the term's weight and pos_weight in every jaxbce loss. Those
+    # change a sum of n terms of at least n * 2**-64 by less than 2**-55 of itself (times the largest such
+    # coefficient); a smaller sum is taken exactly.
     count = math.prod(shape[a] for a in axes)
 
     def fused_sum(arrays, weight, keep):
@@ -405,7 +405,7 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
         # opaque for the same reason).
         opaque = jax.lax.optimization_barrier((arrays, weight, keep))
         total = jnp.sum(_masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
-        trusted = jnp.all(total >= jnp.asarray(count, dtype) * 2.0**-90)  # False for a NaN sum
+        trusted = jnp.all(total >= jnp.asarray(count, dtype) * 2.0**-64)  # False for a NaN sum
         return jax.lax.cond(trusted, lambda *_: total, exact_sum, arrays, weight, keep)
 
     return _fused_sum(exact_sum, fused_sum, (arrays, weight, keep))
