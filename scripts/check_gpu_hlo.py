@@ -137,16 +137,22 @@ def main(platform: str) -> int:
             rows[name] = row
             print(f"{tag} {name}: {json.dumps(row)}", flush=True)
         results["dtypes"][tag] = {"libdevice fma": library_fma, "cases": rows}
-    # On CPU a large float32 BCE sum takes the fused form with an exact fallback (a conditional); on the device
-    # platform_dependent compiles only the exact sum.
+    # On CPU a large float32 sum of the losses with fusible terms takes the fused form with an exact fallback (a
+    # conditional); on the device platform_dependent compiles only the exact sum.
     large = jax.ShapeDtypeStruct((1 << 16,), jnp.float32, sharding=NamedSharding(mesh, P()))
-    loss = LOSSES["binary_cross_entropy_with_logits"].function
-    for mode, function in (("mean", loss), ("value_and_grad of the mean", jax.value_and_grad(loss))):
-        text = _compile_named(f"large_{mode.split()[0]}", function, 2, large)
-        conditionals = text.count(" conditional(")
-        results[f"exact sum of 65536 elements on the device, {mode}"] = {"conditionals": conditionals}
-        if conditionals:
-            failures.append(f"the {mode} of a large BCE sum compiles a conditional on {platform}")
+    fused_on_cpu = {
+        "binary_cross_entropy_with_logits": (LOSSES["binary_cross_entropy_with_logits"].function, 2),
+        # Bool labels: the BCE from probabilities has fusible terms only for hard labels.
+        "binary_cross_entropy": (lambda p, y: LOSSES["binary_cross_entropy"].function(p, y > 0.5), 2),
+        "binary_entropy": (LOSSES["binary_entropy"].function, 1),
+    }
+    for name, (loss, arguments) in fused_on_cpu.items():
+        for mode, function in (("mean", loss), ("value_and_grad of the mean", jax.value_and_grad(loss))):
+            text = _compile_named(f"large_{name}_{mode.split()[0]}", function, arguments, large)
+            conditionals = text.count(" conditional(")
+            results[f"{name}: exact sum of 65536 elements on the device, {mode}"] = {"conditionals": conditionals}
+            if conditionals:
+                failures.append(f"the {mode} of a large {name} sum compiles a conditional on {platform}")
     results["failures"] = failures
     out = ROOT / "bench" / "results" / f"{'gpu-hlo-h100' if platform == 'cuda' else 'tpu-hlo-v5e'}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
