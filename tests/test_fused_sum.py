@@ -143,6 +143,31 @@ def test_sums_of_flushed_terms_take_the_exact_path(name, loss, logit, label, opt
     assert abs(float(got) - ref) <= 2 * EPS32 * ref + subnormal_parts
 
 
+@pytest.mark.parametrize(
+    ("term", "fusible_term", "masked_row", "fused"),
+    [
+        (1.0, 2.0, False, True),
+        (1.0, 2.0, True, True),  # a row of masked terms only sums to 0 in both forms, and counts no kept term
+        (2.0**-70, 2.0**-69, False, False),  # below n * 2**-64: flushed terms could matter
+        (2.0**-62, 2.0**-61, True, True),
+        (1.0, np.nan, False, False),
+    ],
+)
+def test_which_sum_runs(term, fusible_term, masked_row, fused):
+    """A loss whose exact and fusible terms differ by design (constants), summed per row (axis=-1): the result
+    says which sum ran. The fused one runs unless its sum is NaN or below n * 2**-64 for n kept terms."""
+    loss = _pipeline.Terms(lambda x: jnp.full_like(x, term), lambda x: jnp.full_like(x, fusible_term))
+    x = jnp.zeros((8, C), jnp.float32)
+    where = jnp.ones(x.shape, bool).at[7].set(not masked_row)
+    total = _pipeline.compute_loss(
+        loss, [_pipeline.Arg("logits", x, _pipeline.Role.LOGITS)], weight=None, where=where, axis=-1, reduction="sum"
+    )
+    expected = np.full(8, C * (fusible_term if fused else term), np.float32)
+    if masked_row:
+        expected[7] = 0
+    np.testing.assert_array_equal(total, expected)
+
+
 def test_probabilities_with_float_labels_take_the_exact_path():
     """Float labels may be soft, so the BCE from probabilities sums its exact terms (bitwise the sum of the
     elementwise losses) whatever its size."""
@@ -181,6 +206,9 @@ def test_value_and_grad_is_one_pass_for_the_value_and_one_for_the_gradient(loss)
     assert _array_outputs(forward, x.size) == []
     if loss is not binary_entropy:
         assert len(_array_outputs(both, x.size)) == 1
+    # With a mask, the fused terms are of the unmasked inputs, times the mask: still one pass.
+    masked = _entry(jax.jit(functools.partial(loss, where=x > -1)).lower(*arrays).compile().as_text())
+    assert _array_outputs(masked, x.size) == []
 
 
 def test_small_sums_take_the_exact_path():
@@ -326,6 +354,31 @@ def test_non_finite_inputs_take_the_exact_path(logit, label, weight):
     np.testing.assert_array_equal(value, expected)
     exact_grad = jax.grad(lambda x: jnp.sum(binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")))(x)
     np.testing.assert_array_equal(grad, exact_grad)
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_LOSSES))
+@pytest.mark.parametrize("garbage", [np.nan, np.inf, -np.inf])
+def test_masked_garbage_reaches_neither_value_nor_gradient(name, garbage):
+    """Masked-out elements holding NaN or inf (padding garbage) in the first argument, the labels and the weight:
+    the fused sum of the unmasked inputs is NaN there (or inf * 0), so the exact path gives the sum of the
+    elementwise losses, bitwise, and the gradient is the exact one's: finite, and 0 where masked."""
+    loss, inputs = FUSED_LOSSES[name]
+    x, y = inputs(12, (8, C))
+    where = jnp.arange(C) % 7 != 3
+    x, y = jnp.where(where, x, garbage), jnp.where(where, y, garbage).astype(y.dtype)
+    weight = {} if name == "binary_entropy" else {"weight": jnp.where(where, 1.0, garbage)}
+
+    def total(x):
+        return loss(x, y, where=where, reduction="sum", **weight)
+
+    def terms(x):
+        return loss(x, y, where=where, reduction="none", **weight)
+
+    value, grad = jax.value_and_grad(total)(x)
+    np.testing.assert_array_equal(value, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms(x)))
+    assert np.isfinite(value)
+    np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(terms(x)))(x))
+    assert np.all(np.asarray(grad)[:, ~np.asarray(where)] == 0)
 
 
 def test_higher_derivatives_and_forward_mode_are_the_exact_cores():

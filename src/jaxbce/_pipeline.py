@@ -6,7 +6,8 @@ which
 1. checks shapes, dtypes and options at trace time (``TypeError``/``ValueError`` naming the argument),
 2. casts every array to the compute dtype (float32, or float64 for float64 inputs) inside the computation,
 3. replaces masked-out elements by harmless values before the core sees them, so that NaN or inf padding
-   reaches neither the value nor any gradient,
+   reaches neither the value nor any gradient (the fused sums of :func:`_sum` take the unmasked inputs times
+   the mask, and fall back to the exact path where padding makes them NaN),
 4. when value checks are on (:func:`value_checks`, :func:`checked`), registers checkify checks on the values,
 5. applies the core, the weights and the mask, and reduces over ``axis`` in the compute dtype.
 """
@@ -328,19 +329,27 @@ def compute_loss(
         if array is not None:
             register_value_checks(arg.name, arg.role, array, keep)
 
-    def prepare(array: jax.Array | None, masked_value: float) -> jax.Array | None:
-        # Unmasked arrays keep their dtype here: the sums cast them inside their loops (_masked_terms).
-        if array is None or keep is None:
-            return array
-        return jnp.where(keep, array.astype(dtype), jnp.asarray(masked_value, dtype))
-
-    prepared = [prepare(array, _MASKED_VALUE[arg.role]) for arg, array in zip(args, arrays, strict=True)]
-    weight_array = prepare(weight_array, _MASKED_WEIGHT)
+    masked_values = [_MASKED_VALUE[arg.role] for arg in args]
     terms = elementwise if isinstance(elementwise, Terms) else Terms(elementwise)
     if reduction == "none":
+        prepared, weight_array = _prepare(arrays, weight_array, keep, masked_values, dtype)
         return _masked_terms(terms.exact, dtype, prepared, weight_array, keep).astype(out_dtype)
-    total = _sum(terms, dtype, prepared, weight_array, keep, shape, axes)
-    return _normalize(total, shape, axes, reduction, keep, weight_array).astype(out_dtype)
+    total = _sum(terms, dtype, arrays, weight_array, keep, masked_values, shape, axes)
+    kept_weight = _prepare([], weight_array, keep, [], dtype)[1]
+    return _normalize(total, shape, axes, reduction, keep, kept_weight).astype(out_dtype)
+
+
+def _prepare(arrays, weight, keep, masked_values, dtype):
+    """``arrays`` and ``weight`` with their masked-out elements replaced by harmless values (``masked_values``
+    and 0), in ``dtype``; without a mask they keep their dtype: the sums cast them inside their loops."""
+    if keep is None:
+        return arrays, weight
+    values = [*masked_values, _MASKED_WEIGHT]
+    prepared = [
+        None if array is None else jnp.where(keep, array.astype(dtype), jnp.asarray(value, dtype))
+        for array, value in zip([*arrays, weight], values, strict=True)
+    ]
+    return prepared[:-1], prepared[-1]
 
 
 def _masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -> jax.Array:
@@ -362,8 +371,9 @@ def _masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -
         # loss still propagates. The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
         loss = weight * (loss if fusible else jnp.where((weight == 0) & jnp.isinf(loss), 0, loss))
     if keep is not None:
-        # Masked elements have harmless inputs (prepare), so their fusible loss is finite and * 0 is 0.
-        loss = loss * keep if fusible else jnp.where(keep, loss, 0)
+        # The fusible terms are of the unmasked inputs: a masked element's finite loss * 0 is 0, and NaN or inf
+        # garbage makes the sum NaN, which sends it to the exact path (whose inputs are _prepare'd).
+        loss = loss * cast(keep) if fusible else jnp.where(keep, loss, 0)
     return loss
 
 
@@ -372,7 +382,7 @@ def _masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -
 FUSIBLE_MIN_ELEMENTS = 4096
 
 
-def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
+def _sum(terms: Terms, dtype, arrays, weight, keep, masked_values, shape, axes) -> jax.Array:
     """The sum over ``axes`` of the masked, weighted terms.
 
     Why two evaluations: XLA:CPU hands a sum to YNNPACK together with the chain of arithmetic that feeds it, but
@@ -385,6 +395,7 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
     """
 
     def exact_sum(arrays, weight, keep):
+        arrays, weight = _prepare(arrays, weight, keep, masked_values, dtype)
         return jnp.sum(rounded(_masked_terms(terms.exact, dtype, arrays, weight, keep)), axis=axes)
 
     size = math.prod(shape)
@@ -393,19 +404,18 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, shape, axes) -> jax.Array:
     if terms.fusible is None or dtype != np.float32 or small:
         return exact_sum(arrays, weight, keep)
 
-    # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
-    # subnormal intermediates): below 2**-119 times the term's weight and pos_weight in every jaxbce loss. Those
-    # change a sum of n terms of at least n * 2**-64 by less than 2**-55 of itself (times the largest such
-    # coefficient); a smaller sum is taken exactly.
-    count = math.prod(shape[a] for a in axes)
-
     def fused_sum(arrays, weight, keep):
         # The barrier keeps XLA from sharing subexpressions (casts, 1 - y, -x) with the gradient's loop:
         # shared, they are written to memory as operands of both (the fusible terms take their constants
         # opaque for the same reason).
         opaque = jax.lax.optimization_barrier((arrays, weight, keep))
         total = jnp.sum(_masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
-        trusted = jnp.all(total >= jnp.asarray(count, dtype) * 2.0**-64)  # False for a NaN sum
+        # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
+        # subnormal intermediates): below 2**-119 times its weight and pos_weight in every jaxbce loss. Those
+        # change a sum of n kept terms of at least n * 2**-64 by less than 2**-55 of itself (times the largest
+        # such coefficient); a smaller sum is taken exactly, and so is a NaN one. A sum of masked terms only is 0
+        # in both forms.
+        trusted = jnp.all(total >= _count(keep, shape, axes, dtype) * 2.0**-64)
         return jax.lax.cond(trusted, lambda *_: total, exact_sum, arrays, weight, keep)
 
     return _fused_sum(exact_sum, fused_sum, (arrays, weight, keep))
@@ -454,12 +464,27 @@ def _normalize(total, shape, axes, reduction, keep, weight) -> jax.Array:
             denominator = jnp.sum(kept, dtype=total.dtype)
     elif reduction == "weighted_mean" and weight is not None:
         denominator = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=total.dtype)
-    elif keep is None:
-        denominator = jnp.asarray(math.prod(shape[a] for a in axes), total.dtype)
     else:
-        denominator = jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=total.dtype)
+        denominator = _count(keep, shape, axes, total.dtype)
     # A mean over nothing (no kept element, or zero total weight) is 0 with zero gradient, not 0/0.
     return total / jnp.where(denominator == 0, 1, denominator)
+
+
+def _count(keep, shape, axes, dtype) -> jax.Array:
+    """The number of elements over ``axes`` that ``keep`` keeps (all of them for None), in ``dtype``."""
+    if keep is None:
+        return jnp.asarray(math.prod(shape[a] for a in axes), dtype)
+
+    def count(keep):
+        return jnp.sum(jnp.broadcast_to(keep, shape), axis=axes, dtype=dtype)
+
+    def count_on_cpu(keep):
+        # bool -> float is a loop of its own on XLA:CPU, which writes 4 bytes per element for YNNPACK to sum; a
+        # uint8 copy behind a barrier writes 1, and YNNPACK converts it as it sums (0.12 against 2.3 ns per
+        # element, measured).
+        return count(jax.lax.optimization_barrier(keep.astype(np.uint8)))
+
+    return jax.lax.platform_dependent(keep, cpu=count_on_cpu, default=count)
 
 
 def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
