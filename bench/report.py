@@ -19,8 +19,18 @@ def _cell(value) -> str:
     return "inf" if value == float("inf") else f"{value:.3g}"
 
 
+def _table_head(*columns: str) -> list[str]:
+    """A Markdown table's header row and its separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _provenance(data) -> str:
     return f"{data['date']}, {data['machine']}, {', '.join(f'{k} {v}' for k, v in data['versions'].items())}. "
+
+
+def _results_section(title: str, data, description: str, *columns: str) -> list[str]:
+    """A section's title, where and with what its results were measured, what they are, and its table's head."""
+    return [f"## {title}", "", _provenance(data) + description, "", *_table_head(*columns)]
 
 
 def accuracy_section(data) -> list[str]:
@@ -35,8 +45,7 @@ def accuracy_section(data) -> list[str]:
         lines += [
             f"### binary_cross_entropy_with_logits, {setting}",
             "",
-            "| implementation | loss | grad, hard labels | grad, soft labels | non-finite |",
-            "|---|---|---|---|---|",
+            *_table_head("implementation", "loss", "grad, hard labels", "grad, soft labels", "non-finite"),
         ]
         for name, row in table.items():
             cells = " | ".join(_cell(row.get(k)) for k in ("loss", "grad_hard", "grad_soft"))
@@ -55,7 +64,7 @@ def accuracy_section(data) -> list[str]:
         *((f"Poly-1: {setting}", table) for setting, table in data["poly1"]["settings"].items()),
     )
     for title, table in sections:
-        lines += [f"### {title}", "", "| implementation | loss | gradient | non-finite |", "|---|---|---|---|"]
+        lines += [f"### {title}", "", *_table_head("implementation", "loss", "gradient", "non-finite")]
         lines += [f"| {n} | {_cell(r['loss'])} | {_cell(r['grad'])} | {r['nonfinite']} |" for n, r in table.items()]
         lines.append("")
     return lines
@@ -71,15 +80,13 @@ def speed_section(data) -> list[str]:
         "Ratios at the largest N: `jaxbce / floor` is jaxbce's time over the floor kernel's (1 is the memory "
         "floor); `peer / jaxbce` is how many times faster jaxbce is.",
         "",
-        "| case | ratio | value |",
-        "|---|---|---|",
+        *_table_head("case", "ratio", "value"),
     ]
     for case, entry in data["ratios_at_largest_n"].items():
         for key, value in entry.items():
             if key != "n":
                 lines.append(f"| {case}, N = {entry['n']:,} | {key} | {value:.2f} |")
-    lines += ["", "ns per element at the largest N:", "", "| case | " + " | ".join(["kernel", "ns/element"]) + " |"]
-    lines.append("|---|---|---|")
+    lines += ["", "ns per element at the largest N:", "", *_table_head("case", "kernel", "ns/element")]
     for case, rows in data["ns_per_element"].items():
         n = max(rows, key=int)
         lines += [f"| {case}, N = {int(n):,} | {k} | {v:.2f} |" for k, v in rows[n].items()]
@@ -113,8 +120,7 @@ def speed_section(data) -> list[str]:
             'terms (the numerics docs, "Sums on CPU") write their terms, and intermediates shared between '
             "value and gradient, to memory.",
             "",
-            "| loss | forward | arrays written | value_and_grad | arrays written |",
-            "|---|---|---|---|---|",
+            *_table_head("loss", "forward", "arrays written", "value_and_grad", "arrays written"),
         ]
         for name in dict.fromkeys(key.rsplit(" ", 1)[0] for key in every["ns_per_element"]):
             cells = [
@@ -135,9 +141,17 @@ def speed_section(data) -> list[str]:
             "to a second thread costs tens of microseconds at this size; pinned to one core, the costs are "
             "those of the work and the dispatch.",
             "",
-            "| loss | forward | / textbook | value_and_grad | / textbook | forward, 1 core | / textbook "
-            "| value_and_grad, 1 core | / textbook |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *_table_head(
+                "loss",
+                "forward",
+                "/ textbook",
+                "value_and_grad",
+                "/ textbook",
+                "forward, 1 core",
+                "/ textbook",
+                "value_and_grad, 1 core",
+                "/ textbook",
+            ),
         ]
         for name in sorted({key.rsplit(" ", 1)[0] for key in costs["microseconds"]}):
             cells = []
@@ -150,19 +164,22 @@ def speed_section(data) -> list[str]:
 
 
 def train_step_section(data, backend: str) -> list[str]:
-    lines = [
-        "## Train step",
-        "",
-        _provenance(data)
-        + "A jitted Adam step of an MLP (256 inputs, a hidden layer, one logit per class) with jaxbce's loss "
+    lines = _results_section(
+        "Train step",
+        data,
+        "A jitted Adam step of an MLP (256 inputs, a hidden layer, one logit per class) with jaxbce's loss "
         "(`pos_weight` per class), optax's with the same `pos_weight` written by hand, and the model alone "
         "(`mean(logits)` as the loss) (`bench/train_step.py`). Milliseconds per step (median after warm-up) "
         "and the loss's cost per element: the step minus the model-only step.",
-        "",
-        "| hidden | batch x classes | jaxbce ms | optax ms | model only ms | jaxbce / optax "
-        "| loss ns/element jaxbce | optax |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        "hidden",
+        "batch x classes",
+        "jaxbce ms",
+        "optax ms",
+        "model only ms",
+        "jaxbce / optax",
+        "loss ns/element jaxbce",
+        "optax",
+    )
     for row in data["rows"]:
         ms = row["seconds"]
         per = row["loss ns per element (step minus model only)"]
@@ -180,19 +197,23 @@ def _gib(value: int) -> str:
 
 
 def fused_section(data, backend: str) -> list[str]:
-    lines = [
-        "## Fused linear + BCE (`linear_binary_cross_entropy`)",
-        "",
-        _provenance(data)
-        + "`jit(value_and_grad)` in features, kernel and bias (`bench/fused.py`). Memory from the compiled "
+    lines = _results_section(
+        "Fused linear + BCE (`linear_binary_cross_entropy`)",
+        data,
+        "`jit(value_and_grad)` in features, kernel and bias (`bench/fused.py`). Memory from the compiled "
         "executable's `memory_analysis()` (GiB; arguments include the labels: dense bool `(batch, C)`, or "
         "`(batch, 32)` int32 positives for the fused sparse rows), time the median of repeated runs after "
         "warm-up (– where the form was compiled but not run: over 6 GiB). `matmul floor` is `sum(features @ "
         "kernel + bias)` with its gradient: the three matmuls alone.",
-        "",
-        "| batch x D x C | labels | form | arguments | outputs | temporaries | total | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        "batch x D x C",
+        "labels",
+        "form",
+        "arguments",
+        "outputs",
+        "temporaries",
+        "total",
+        "seconds",
+    )
     for row in data["rows"]:
         shape = f"{row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1}"
         labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
@@ -202,7 +223,7 @@ def fused_section(data, backend: str) -> list[str]:
                 f"| {shape} | {labels} | {name} | {_gib(entry['argument_bytes'])} | {_gib(entry['output_bytes'])} "
                 f"| {_gib(entry['temp_bytes'])} | {_gib(entry['total_bytes'])} | {seconds} |"
             )
-    lines += ["", "Ratios:", "", "| batch x D x C | labels | ratio | value |", "|---|---|---|---|"]
+    lines += ["", "Ratios:", "", *_table_head("batch x D x C", "labels", "ratio", "value")]
     for row in data["rows"]:
         shape = f"{row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1}"
         labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
@@ -212,25 +233,27 @@ def fused_section(data, backend: str) -> list[str]:
 
 
 def contrastive_section(data, backend: str) -> list[str]:
-    lines = [
-        "## SigLIP loss (`sigmoid_contrastive_loss`)",
-        "",
-        _provenance(data)
-        + "`jit(value_and_grad)` in both embeddings, the scale and the bias, D = 256 (`bench/contrastive.py`): "
+    lines = _results_section(
+        "SigLIP loss (`sigmoid_contrastive_loss`)",
+        data,
+        "`jit(value_and_grad)` in both embeddings, the scale and the bias, D = 256 (`bench/contrastive.py`): "
         "`dense` is big_vision's form on the 8-device mesh (texts all-gathered, `b x B` logits per device), "
         "`ring` the `ppermute` ring on the same mesh, `chunked` one device for the whole batch. Memory per "
         "device from `memory_analysis()` (MiB), time the median after warm-up (– where compiled but not run). "
         "The 8 devices share the machine's cores.",
-        "",
-        "| B | form | arguments | outputs | temporaries | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
+        "B",
+        "form",
+        "arguments",
+        "outputs",
+        "temporaries",
+        "seconds",
+    )
     for row in data["rows"]:
         for name, entry in row["forms"].items():
             seconds = f"{entry['seconds']:.3g}" if "seconds" in entry else "–"
             cells = " | ".join(f"{entry[k] / 2**20:.1f}" for k in ("argument_bytes", "output_bytes", "temp_bytes"))
             lines.append(f"| {row['batch']:,} | {name} | {cells} | {seconds} |")
-    lines += ["", "Ratios:", "", "| B | ratio | value |", "|---|---|---|"]
+    lines += ["", "Ratios:", "", *_table_head("B", "ratio", "value")]
     for row in data["rows"]:
         lines += [f"| {row['batch']:,} | {k} | {v:.3g} |" for k, v in row["ratios"].items()]
     lines += ["", f"![memory and time](assets/contrastive-{backend}.png)", ""]
@@ -238,10 +261,9 @@ def contrastive_section(data, backend: str) -> list[str]:
 
 
 def _contrastive_readme(data) -> list[str]:
-    table = [
-        "| B | ring temporaries / (b x b block + embeddings) | dense / ring temporaries | ring time / dense time |",
-        "|---|---|---|---|",
-    ]
+    table = _table_head(
+        "B", "ring temporaries / (b x b block + embeddings)", "dense / ring temporaries", "ring time / dense time"
+    )
     for row in data["rows"]:
         ratios = row["ratios"]
         timed = ratios.get("ring time / dense time")
@@ -283,10 +305,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
     accuracy = json.loads((results / "accuracy.json").read_text())
     versions = _versions(accuracy)
     default = accuracy["binary_cross_entropy_with_logits"]["settings"]["pos_weight=1.0, label_smoothing=0.0"]
-    bce = [
-        "| `binary_cross_entropy_with_logits` | loss | grad, hard labels | grad, soft labels |",
-        "|---|---|---|---|",
-    ]
+    bce = _table_head("`binary_cross_entropy_with_logits`", "loss", "grad, hard labels", "grad, soft labels")
     for name, label in _ACCURACY_NAMES.items():
         if name in default:
             cells = [_short(default[name].get(k)) for k in ("loss", "grad_hard", "grad_soft")]
@@ -295,10 +314,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             bce.append(f"| {label.format(**versions)} | {' | '.join(cells)} |")
     focal_settings = accuracy["sigmoid_focal_loss"]["settings"]
     gammas = [setting.split("gamma=")[1] for setting in focal_settings]
-    focal = [
-        "| gamma | " + " | ".join(f"{float(g):g}" for g in gammas) + " |",
-        "|---|" + "---|" * len(gammas),
-    ]
+    focal = _table_head("gamma", *(f"{float(g):g}" for g in gammas))
     for name in ("jaxbce", "optax", "keras"):
         cells = [
             f"{_short(table[name]['loss'])} / {_short(table[name]['grad'])}"
@@ -310,7 +326,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             cells = [f"**{c}**" for c in cells] if name == "jaxbce" else cells
             focal.append(f"| {label} | {' | '.join(cells)} |")
 
-    multilabel = ["| loss, setting | jaxbce | peers |", "|---|---|---|"]
+    multilabel = _table_head("loss, setting", "jaxbce", "peers")
     for title, key in (("asymmetric_loss", "asymmetric_loss"), ("Poly-1", "poly1")):
         for setting, table in accuracy[key]["settings"].items():
             ours = table["jaxbce"]
@@ -322,17 +338,13 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
             multilabel.append(f"| {title}, {setting} | **{_short(ours['loss'])} / {_short(ours['grad'])}** | {peers} |")
 
     speed_data = json.loads((results / "speed-cpu.json").read_text())
-    speed = [
-        "| inputs | mode | jaxbce / floor | " + " | ".join(f"{p} / jaxbce" for p in _SPEED_PEERS) + " |",
-        "|---|---|---|" + "---|" * len(_SPEED_PEERS),
-    ]
+    speed = _table_head("inputs", "mode", "jaxbce / floor", *(f"{p} / jaxbce" for p in _SPEED_PEERS))
     for case, entry in speed_data["ratios_at_largest_n"].items():
         for mode in ("forward", "value_and_grad"):
             ratios = [entry.get(f"{mode}: jaxbce / floor")] + [entry.get(f"{mode}: {p} / jaxbce") for p in _SPEED_PEERS]
             speed.append(f"| {case} | {mode} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
 
-    train = ["| hidden | batch x classes | jaxbce step / optax step | loss ns/element: jaxbce | optax |"]
-    train.append("|---|---|---|---|---|")
+    train = _table_head("hidden", "batch x classes", "jaxbce step / optax step", "loss ns/element: jaxbce", "optax")
     for row in json.loads((results / "train-step-cpu.json").read_text())["rows"]:
         per = row["loss ns per element (step minus model only)"]
         train.append(
@@ -341,11 +353,16 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
         )
 
     fused_data = json.loads((results / "fused-cpu.json").read_text())
-    fused = [
-        "| batch x D x C | labels | fused total memory | materialised jaxbce | materialised optax "
-        "| fused temporaries / (arguments + outputs) | fused time / jaxbce | fused time / optax |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    fused = _table_head(
+        "batch x D x C",
+        "labels",
+        "fused total memory",
+        "materialised jaxbce",
+        "materialised optax",
+        "fused temporaries / (arguments + outputs)",
+        "fused time / jaxbce",
+        "fused time / optax",
+    )
     for row in fused_data["rows"]:
         shape = f"{row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1}"
         labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
