@@ -93,3 +93,47 @@ def test_checks_cost_nothing_when_off():
     with jaxbce.value_checks():
         assert _effects(jaxbce.binary_cross_entropy_with_logits) != set()
     assert _effects(jaxbce.binary_cross_entropy_with_logits) == set()  # a new trace, not the cached one
+
+
+def _function_calls():
+    """Every public function with a bad value, and the message its check gives."""
+    x = jnp.ones((4, 3))
+    return [
+        ("binary_cross_entropy_with_logits", lambda: (jnp.zeros(3), jnp.array([0.0, 2.0, 1.0])), "labels must be"),
+        ("pos_weight_from_counts", lambda: (jnp.array([-1.0, 2.0]), 10.0), "positive_counts must be non-negative"),
+        ("class_balanced_weights", lambda: (jnp.array([3.0, -2.0]), 0.5), "counts must be non-negative"),
+        ("sigmoid_contrastive_loss", lambda: (x.at[2, 1].set(NAN), x, 1.0, 0.0),
+         "image_embeddings must not be NaN; got nan at index [2 1]"),
+        ("sigmoid_contrastive_loss", lambda: (x, x.at[0, 0].set(NAN), 1.0, 0.0), "text_embeddings must not be NaN"),
+        ("sigmoid_contrastive_loss", lambda: (x, x, NAN, 0.0), "logit_scale must not be NaN"),
+        ("sigmoid_contrastive_loss", lambda: (x, x, 1.0, NAN), "logit_bias must not be NaN"),
+        ("linear_binary_cross_entropy", lambda: (x, jnp.ones((3, 2)), jnp.array([[0, 1]] * 3 + [[0, 3]])),
+         "labels must be in [0, 1]"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "message"), _function_calls(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_checked_checks_whatever_was_traced_before(name, arguments, message):
+    """One rule for every public function (jit_loss): the checks flag is part of the jit cache key, so a call
+    traced without checks does not hide them from checked, and the reverse."""
+    function = getattr(jaxbce, name)
+    function(*arguments())  # traced and cached without checks
+    with pytest.raises(checkify.JaxRuntimeError, match=re.escape(message)):
+        jaxbce.checked(function)(*arguments())
+    function(*arguments())  # and without checks again: no error, no effect
+
+
+def test_nan_embeddings_are_excused_where_masked():
+    x = jnp.ones((4, 3)).at[1].set(NAN)
+    keep = jnp.array([True, False, True, True])
+    loss = jaxbce.checked(jaxbce.sigmoid_contrastive_loss)(x, x, 1.0, 0.0, where=keep)
+    np.testing.assert_allclose(loss, jaxbce.sigmoid_contrastive_loss(x, x, 1.0, 0.0, where=keep))
+
+
+@pytest.mark.parametrize("transform", [jax.jit, jax.vmap])
+def test_checked_inside_a_transformation_says_what_to_do(transform):
+    loss = jaxbce.checked(jaxbce.binary_cross_entropy_with_logits)
+    with pytest.raises(TypeError, match=r"inside a JAX transformation.*jaxbce\.value_checks\(\)"):
+        transform(loss)(jnp.zeros((2, 3)), jnp.ones((2, 3)))

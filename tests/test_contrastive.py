@@ -13,20 +13,10 @@ from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import jaxbce
+from materialised import dense_siglip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGNUMS = (0, 1, 2, 3)
-
-
-def dense_siglip(images, texts, logit_scale, logit_bias, where=None):
-    """big_vision's dense form (siglip.py): log_sigmoid of the full B x B logits with labels 2 I - 1, summed
-    over texts and averaged over images; ``where`` drops rows, columns and the count."""
-    logits = logit_scale * images @ texts.T + logit_bias
-    labels = 2 * jnp.eye(images.shape[0]) - 1
-    terms = -jax.nn.log_sigmoid(labels * logits)
-    if where is None:
-        return jnp.sum(terms) / images.shape[0]
-    return jnp.sum(jnp.where(where[:, None] & where[None, :], terms, 0)) / jnp.sum(where)
 
 
 def _embeddings(batch, dim=16, seed=0, dtype=np.float32):
@@ -90,18 +80,20 @@ def _mesh():
     return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
 
 
-def _ring_loss(mesh, chunk_size=None):
+def _ring_loss(mesh, chunk_size=None, check_vma=True):
     def local(images, texts, scale, bias, where):
         return jaxbce.sigmoid_contrastive_loss(
             images, texts, scale, bias, where=where, axis_name="data", chunk_size=chunk_size
         )
 
     rows = P("data")
-    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, P(), P(), rows), out_specs=P())
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, P(), P(), rows), out_specs=P(), check_vma=check_vma)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 3])
-def test_ring_over_8_devices_equals_one_device(chunk_size):
+@pytest.mark.parametrize(("chunk_size", "check_vma"), [(None, True), (3, True), (None, False)])
+def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
+    """Both shard_map modes: without check_vma, shard_map divides the replicated loss's cotangent by the
+    number of devices and the transposed psum sums it back (the embedding gradients were 1/8 of the truth)."""
     images, texts = _embeddings(64, seed=2)
     where = np.random.default_rng(3).uniform(size=64) > 0.2
     scalars = (np.float32(10.0), np.float32(-10.0))
@@ -110,7 +102,7 @@ def test_ring_over_8_devices_equals_one_device(chunk_size):
     )
     mesh = _mesh()
     put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
-    ring = jax.jit(jax.value_and_grad(_ring_loss(mesh, chunk_size), argnums=ARGNUMS))
+    ring = jax.jit(jax.value_and_grad(_ring_loss(mesh, chunk_size, check_vma), argnums=ARGNUMS))
     got = ring(put(images), put(texts), *scalars, put(where))
     _close(got, single, rtol=2e-5, atol=1e-6)
     assert got[1][0].sharding.spec == P("data", None)  # the image gradient stays where its rows are

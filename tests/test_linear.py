@@ -21,6 +21,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxbce
+from materialised import linear_bce
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, DIM, CLASSES = 12, 7, 45  # 45 classes: chunk sizes that divide it (9, 15) and that do not (8, 16)
@@ -49,26 +50,6 @@ def _dense(positives, classes=CLASSES):
     for row, indices in enumerate(positives):
         dense[row, indices[indices >= 0]] = True
     return dense
-
-
-def _materialised(features, kernel, bias, pos_weight, weight, *, labels, where, reduction, label_smoothing=0.0):
-    """The contract's definition: the elementwise loss of the materialised logits, reduced as specified."""
-    logits = features @ kernel + (0 if bias is None else bias)
-    per_example = jaxbce.binary_cross_entropy_with_logits(
-        logits,
-        labels,
-        pos_weight=pos_weight,
-        weight=None if weight is None else weight[:, None],
-        where=None if where is None else where[:, None],
-        label_smoothing=label_smoothing,
-        reduction="sum",
-        axis=-1,
-    )
-    kept = BATCH if where is None else np.sum(where)
-    if reduction == "none":
-        return per_example
-    total = per_example.sum()
-    return {"sum": total, "mean": total / max(kept * kernel.shape[1], 1), "batchmean": total / max(kept, 1)}[reduction]
 
 
 def _float64_reference(p, labels, *, where, pos_weight, weight, reduction):
@@ -106,8 +87,8 @@ def _fused_and_materialised(p, *, sparse, reduction, chunk_size, use_pos_weight,
         return out.sum() if reduction == "none" else out
 
     def materialised(features, kernel, bias, pos_weight, weight):
-        out = _materialised(features, kernel, bias, pos_weight, weight, labels=labels, where=where,
-                            reduction=reduction, label_smoothing=label_smoothing)  # fmt: skip
+        out = linear_bce(features, kernel, bias, pos_weight, weight, labels=labels, where=where,
+                         reduction=reduction, label_smoothing=label_smoothing)  # fmt: skip
         return out.sum() if reduction == "none" else out
 
     args = (p["features"], p["kernel"], p["bias"], pos_weight, p["weight"] if use_weight else None)
@@ -167,6 +148,32 @@ class EqualsMaterialisedTest(parameterized.TestCase):
             got = jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], labels, bias=p["bias"], chunk_size=8)
             expected = jaxbce.binary_cross_entropy_with_logits(p["features"] @ p["kernel"] + p["bias"], labels)
             np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+    @parameterized.product(
+        shape=[(3, 4), (2, 3, 2), (12,)], reduction=["mean", "batchmean", "sum"], mask=["none", "where", "ignore"]
+    )
+    def test_reductions_count_as_the_materialised_loss_for_every_rank(self, shape, reduction, mask):
+        """ "batchmean" averages over the logits' leading axis (the B of (B, T, C)), "mean" over kept elements;
+        a (D,) feature vector has logits (C,), whose one axis holds the examples."""
+        p = _problem(seed=5)
+        features = p["features"].reshape(*shape, DIM) if len(shape) > 1 else p["features"][0]
+        labels = p["labels"].reshape(*shape, CLASSES) if len(shape) > 1 else p["labels"][0]
+        labels = labels.astype(np.float32)
+        options = {}
+        if mask == "where" and len(shape) > 1:
+            options["where"] = p["where"].reshape(shape)
+            options["where"][0] = False  # a whole leading example masked
+        if mask == "ignore":
+            known = np.arange(CLASSES) < 40
+            if len(shape) > 1:  # and some whole examples unknown
+                known = known & p["where"].reshape(shape)[..., None]
+            labels = np.where(known, labels, -1)
+            options["ignore_label"] = -1
+        got = jaxbce.linear_binary_cross_entropy(features, p["kernel"], labels, reduction=reduction, chunk_size=16,
+                                                 **options)  # fmt: skip
+        expected = linear_bce(features, p["kernel"], None, None, None, labels=labels, reduction=reduction,
+                              **options)  # fmt: skip
+        np.testing.assert_allclose(got, expected, rtol=2e-6)
 
     def test_leading_batch_dimensions(self):
         p = _problem(seed=4)
@@ -232,7 +239,7 @@ class MaskingAndLimitsTest(chex.TestCase):
             features, p["kernel"], p["bias"]
         )
         clean_labels = np.where(masked[:, None], 0, labels)
-        expected = _materialised(np.where(masked[:, None], 0, features), p["kernel"], p["bias"], None, None,
+        expected = linear_bce(np.where(masked[:, None], 0, features), p["kernel"], p["bias"], None, None,
                                  labels=clean_labels, where=p["where"], reduction="mean")  # fmt: skip
         np.testing.assert_allclose(value, expected, rtol=2e-6)
         self.assertTrue(np.all(np.isfinite(d_kernel)) and np.all(np.isfinite(d_bias)))
@@ -416,6 +423,14 @@ class NeverMaterialisedTest(chex.TestCase):
         self.assertEqual(dots(loss), 1)
         self.assertEqual(dots(jax.value_and_grad(loss, argnums=(0, 1))), 3)
         self.assertEqual(dots(jax.value_and_grad(loss, argnums=1)), 2)
+        self.assertEqual(dots(jax.value_and_grad(loss, argnums=0)), 2)
+
+        def bias_only(f, k):  # a bias or pos_weight alone: the logits' matmul only
+            return jax.grad(lambda b: jaxbce.linear_binary_cross_entropy(f, k, p["labels"], bias=b, chunk_size=9))(
+                p["bias"]
+            )
+
+        self.assertEqual(dots(bias_only), 1)
 
 
 def _mesh():

@@ -367,3 +367,29 @@ def test_asymmetric_matches_timm(gamma_neg, gamma_pos, clip, stop):
     # Rows 1 on: the batchmean gradient (timm's is 0 where its clamp acts, in row 0).
     grad = jax.grad(lambda v: loss(v, y, reduction="batchmean"))(x)
     np.testing.assert_allclose(grad[1:], _GOLDEN[f"{name}_grad"][1:], rtol=5e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.999])
+def test_weight_helpers_have_finite_derivatives(beta):
+    """Finite wherever the helpers are defined, counts of 0 included; at beta = 0 the weights are constants of
+    the counts (every class with an example weighs 1), so their Jacobian is 0 (it was NaN: 0 * log 0)."""
+    counts = np.array([0.0, 1.0, 7.0, 300.0], np.float32)
+    jacobian = jax.jacrev(lambda c: jaxbce.class_balanced_weights(c, beta=beta))(counts)
+    assert np.isfinite(jacobian).all()
+    if beta == 0.0:
+        np.testing.assert_array_equal(jacobian, 0)
+    else:  # against central differences in float64 of the same formula
+
+        def weights64(c):
+            raw = np.where(c == 0, 0, (1 - beta) / -np.expm1(np.where(c == 0, 1, c) * np.log(beta)))
+            return raw * c.size / raw.sum()
+
+        step = 1e-6
+        numeric = np.stack(
+            [(weights64(counts + step * e) - weights64(counts - step * e)) / (2 * step) for e in np.eye(4)], axis=1
+        )
+        np.testing.assert_allclose(jacobian[:, 1:], numeric[:, 1:], rtol=2e-3, atol=1e-5)
+    totals = np.array([10.0, 10.0, 10.0, 10.0], np.float32)
+    for argnums in (0, 1):
+        derivative = jax.jacrev(jaxbce.pos_weight_from_counts, argnums=argnums)(counts[:3], totals[:3])
+        assert np.isfinite(derivative).all()

@@ -19,6 +19,15 @@ travel: at step ``k`` a device holds the texts of device ``me + k`` and passes t
 of a text block travels with it, each device adding its share, and after ``n`` steps every block is home with
 its whole gradient: ``n`` collective permutes of ``2 b x D`` numbers, no all-gather, and no device ever holds
 more than its own rows, one visiting block and one chunk of logits.
+
+Why the ring's ``custom_vjp`` returns each device's share and the ``psum`` comes after it. Autodiff then
+transposes the ``psum`` itself, as it does for the dense formula, in both ``shard_map`` modes: with
+``check_vma=True`` the cotangent reaches every device whole, and with ``check_vma=False`` ``shard_map`` divides a
+replicated output's cotangent by ``n`` and the transposed ``psum`` sums it back. Either way every device's
+share gets the same cotangent, which is what the text gradients summed around the ring assume. The scalars are
+made to vary over the axis before the ``custom_vjp``, so their gradients are each device's share, summed by the
+transpose of that broadcast (or by ``shard_map`` for a replicated input without ``check_vma``); a ``psum`` inside
+the ``custom_vjp`` gave the embeddings ``1/n`` of their gradient under ``check_vma=False``.
 """
 
 import functools
@@ -146,11 +155,8 @@ def _ring(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradi
     d_texts = jnp.zeros_like(texts) if gradients else None
     carry = (zero, texts, kept, d_texts, grads)
     total, _, _, d_texts, grads = jax.lax.fori_loop(0, devices, step, carry)
-    total = jax.lax.psum(total, axis)
     if gradients:
-        grads = grads._replace(
-            texts=d_texts, scale=jax.lax.psum(grads.scale, axis), bias=jax.lax.psum(grads.bias, axis)
-        )
+        grads = grads._replace(texts=d_texts)
     return total, grads
 
 
@@ -161,6 +167,7 @@ def _all_pairs(config, images, texts, scale, bias, row_scale, kept, *, gradients
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _total(config: _Config, images, texts, scale, bias, row_scale, kept):
+    """The loss (one device), or this device's share of it (the ring; the caller sums the shares)."""
     return _all_pairs(config, images, texts, scale, bias, row_scale, kept, gradients=False)[0]
 
 
@@ -176,7 +183,7 @@ def _total_bwd(config, grads, cotangent):
 _total.defvjp(_total_fwd, _total_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("axis_name", "chunk_size", "precision"))
+@_pipeline.jit_loss
 def sigmoid_contrastive_loss(
     image_embeddings: jax.typing.ArrayLike,
     text_embeddings: jax.typing.ArrayLike,
@@ -223,8 +230,12 @@ def sigmoid_contrastive_loss(
       The scalar loss in the promoted dtype of the embeddings (computed in float32, or float64 for float64).
 
     Gradients: reverse mode in both embeddings, ``logit_scale`` and ``logit_bias``, formed block by block in
-    the forward pass of a ``jax.custom_vjp`` (the backward pass only scales them). Forward mode is not
-    supported (JAX raises a ``TypeError``).
+    the forward pass of a ``jax.custom_vjp`` (the backward pass only scales them), equal to the dense form's
+    under the same transformations as :func:`linear_binary_cross_entropy` (``tests/test_transformations.py``),
+    and inside ``shard_map`` with ``check_vma`` True or False. Second derivatives work as reverse-over-reverse
+    and forward-over-reverse (``jax.hessian``, holding the pairs' residuals); forward mode alone is not
+    supported (JAX raises a ``TypeError``). Under :func:`jaxbce.checked`, NaN in a kept row of either
+    embedding, or in ``logit_scale`` or ``logit_bias``, is reported with its index.
 
     Raises:
       TypeError: embeddings or scalars not real floating, ``where`` not bool.
@@ -259,6 +270,16 @@ def sigmoid_contrastive_loss(
     if keep is not None and keep.shape != (batch,):
         raise ValueError(f"where must have shape (B,) = {(batch,)}, got {keep.shape}")
 
+    if _pipeline.value_checks_enabled():
+        row_keep = None if keep is None else keep[:, None]
+        for name, array, mask in (
+            ("image_embeddings", images, row_keep),
+            ("text_embeddings", texts, row_keep),
+            ("logit_scale", scale, None),
+            ("logit_bias", bias, None),
+        ):
+            _pipeline.register_value_checks(name, Role.LOGITS, array, mask)
+
     images, texts = images.astype(dtype), texts.astype(dtype)
     kept = jnp.asarray(batch, dtype)
     if keep is not None:
@@ -274,4 +295,9 @@ def sigmoid_contrastive_loss(
     if isinstance(batch, int):  # else a symbolic B (jax.export): blocks of the static size, the last padded
         rows = max(min(rows, batch), 1)
     config = _Config(rows, chunk_size, precision, dtype, axis_name)
-    return _total(config, images, texts, scale.astype(dtype), bias.astype(dtype), row_scale, keep).astype(out_dtype)
+    scale, bias = scale.astype(dtype), bias.astype(dtype)
+    if axis_name is None:
+        return _total(config, images, texts, scale, bias, row_scale, keep).astype(out_dtype)
+    scale, bias = _linear._vary_together((scale, bias), images, texts)
+    share = _total(config, images, texts, scale, bias, row_scale, keep)
+    return jax.lax.psum(share, axis_name).astype(out_dtype)

@@ -274,18 +274,29 @@ def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets,
     return _weighted_sum(row_scale, _row_losses_value(config, parameters, targets))
 
 
+# Why the residuals hold a placeholder, not None, for a gradient that was not formed. JAX traces a
+# ``custom_vjp`` forward pass once per pattern of perturbed inputs but keeps one residual tree per traced call
+# (``fwd_jaxpr_from_zeros`` in ``jax/_src/interpreters/partial_eval.py`` resets the shared store for each new
+# pattern), and a jitted loss's traced call is shared by every use of it. Residual trees that depended on the
+# pattern let the backward pass of one use unflatten another's residuals: zero or misplaced gradients, or a bare
+# AssertionError. So the tree is always the same and an unformed gradient is an empty array.
+_NOT_FORMED = np.zeros((0,), np.float32)
+
+
 def _weighted_total_fwd(config, parameters, targets, row_scale):
     (parameters, wanted), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
     _reject_label_gradients(targets_perturbed)
     rows, gradients = _row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
-    return _weighted_sum(row_scale.value, rows), (gradients, rows)
+    formed = _Parameters(*(jnp.asarray(_NOT_FORMED) if g is None else g for g in gradients))
+    return _weighted_sum(row_scale.value, rows), (formed, rows)
 
 
 def _weighted_total_bwd(config, residuals, cotangent):
     gradients, rows = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros((), config.dtype)
-    scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), gradients)
+    # A placeholder stands for an input that was not perturbed, whose cotangent JAX drops (None: zeros).
+    scaled = _Parameters(*(None if g.size == 0 else (cotangent * g).astype(g.dtype) for g in gradients))
     return scaled, None, cotangent * rows
 
 
@@ -314,6 +325,20 @@ def _row_losses_bwd(config, residuals, cotangent):
 
 
 _row_losses.defvjp(_row_losses_fwd, _row_losses_bwd, symbolic_zeros=True)
+
+
+def _kept_count(reduction, batch, classes, keep, known, dtype) -> jax.Array:
+    """The denominator of ``"mean"`` (kept elements of the ``(..., C)`` logits) or ``"batchmean"`` (examples
+    along the logits' leading axis that keep at least one element), counted as the materialised loss counts.
+    ``keep`` masks examples, ``known`` (``ignore_label``) elements."""
+    row_keep = jnp.ones(batch, bool) if keep is None else jnp.broadcast_to(keep, batch)
+    if known is None:  # whole rows of C classes are kept or not
+        element_keep, per_element = row_keep[..., None], classes
+    else:
+        element_keep, per_element = row_keep[..., None] & known, 1
+    if reduction == "batchmean" and batch:  # (D,) features: the logits' one axis holds the examples
+        return jnp.sum(jnp.any(element_keep, axis=tuple(range(1, element_keep.ndim))), dtype=dtype)
+    return jnp.sum(element_keep, dtype=dtype) * per_element
 
 
 @jit_loss
@@ -370,9 +395,10 @@ def linear_binary_cross_entropy(
         passing both is a ``ValueError``).
       reduction: ``"none"`` (the per-example loss summed over classes, shape ``features.shape[:-1]``, 0 where
         masked), ``"sum"``, ``"mean"`` (default; divides by kept examples times ``C``, or with
-        ``ignore_label`` by the kept elements: what the materialised ``binary_cross_entropy_with_logits``
-        gives) or ``"batchmean"`` (divides by kept examples, those with at least one known label: the sum
-        over classes, mean over examples). A mean over nothing is 0 with zero gradient.
+        ``ignore_label`` by the kept elements) or ``"batchmean"`` (divides by the kept examples along the
+        leading axis, those with at least one known label: for ``(B, T, D)`` features the ``B`` sequences, not
+        the ``B x T`` rows). Each is what the materialised ``binary_cross_entropy_with_logits`` of the
+        ``(..., C)`` logits gives, for features of any rank. A mean over nothing is 0 with zero gradient.
       chunk_size: static number of classes per chunk (at most; the chunks are equal). None picks it from the
         shapes: about 2^21 logits per chunk, at least 256 classes, preferring a number of chunks that divides
         ``C``. When the kernel is sharded over ``S`` devices along classes, a chunk that is a multiple of
@@ -385,10 +411,16 @@ def linear_binary_cross_entropy(
 
     Gradients: reverse mode (``jax.grad``, ``jax.vjp``) in ``features``, ``kernel``, ``bias``, ``pos_weight``
     and ``weight``, equal to the materialised computation's to float32 summation-order rounding; they are
-    formed chunk by chunk (for the scalar reductions in the forward pass of the VJP, three matmuls per chunk).
-    ``labels``, ``positives`` and ``where`` are data: differentiating with respect to them is a
-    ``ValueError``. Forward mode (``jax.jvp``, ``jax.jacfwd``, hence ``jax.hessian``) is not supported (a
-    ``jax.custom_vjp``; JAX raises a ``TypeError``); use the materialised loss for Hessians.
+    formed chunk by chunk (for the scalar reductions in the forward pass of the VJP: three matmuls per chunk
+    with ``features`` and ``kernel`` differentiated, two with one of them, one with neither). ``labels``,
+    ``positives`` and ``where`` are data: differentiating with respect to them is a ``ValueError``. Tested
+    against the materialised loss for every subset of the differentiable arguments, called several times in
+    one objective with different subsets or under ``stop_gradient``, and under ``jit``, ``vmap`` (grad of vmap
+    and vmap of grad), ``lax.scan``, ``fori_loop``, ``cond``, ``switch`` and ``jax.checkpoint`` (every policy)
+    (``tests/test_transformations.py``). Second derivatives work as reverse-over-reverse and forward-over-reverse
+    (``jax.hessian``); they differentiate the chunk loop itself and so hold ``rows x C`` numbers, as the
+    materialised loss does. Forward mode alone (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) is not supported
+    (a ``jax.custom_vjp``; JAX raises a ``TypeError``).
 
     Raises:
       TypeError: a floating argument of another dtype, integer-free ``positives``, non-bool ``where``.
@@ -503,12 +535,8 @@ def linear_binary_cross_entropy(
     if reduction == "none":
         losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
         return losses.reshape(batch).astype(out_dtype)
-    if known is None:
-        kept = rows if keep is None else jnp.sum(flat_keep, dtype=dtype)
-        kept_elements = kept * classes
-    else:
-        known = _both(example_keep, known)
-        kept, kept_elements = jnp.sum(jnp.any(known, axis=-1), dtype=dtype), jnp.sum(known, dtype=dtype)
-    denominator = jnp.asarray({"sum": 1, "mean": kept_elements, "batchmean": kept}[reduction], dtype)
+    denominator = jnp.asarray(1, dtype)
+    if reduction != "sum":
+        denominator = _kept_count(reduction, batch, classes, keep, known, dtype)
     row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
     return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)

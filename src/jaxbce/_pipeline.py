@@ -488,20 +488,27 @@ def _count(keep, shape, axes, dtype) -> jax.Array:
 
 
 def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
-    """``jax.jit`` of a public loss, with its keyword-only options that are not arrays (``axis``,
-    ``reduction``, ``label_smoothing``, ...; read from the signature) static, and whether value checks are on
-    (:func:`value_checks`, read when the call is traced) part of the cache key."""
+    """``jax.jit`` of a public function, the one rule by which every jaxbce function is compiled: its options
+    that are not arrays (``axis``, ``reduction``, ``label_smoothing``, ``beta``, ...; read from the signature's
+    annotations) static, and whether value checks are on (:func:`value_checks`, read when the call is traced)
+    part of the cache key, so that :func:`checked` checks whatever was traced before."""
+    parameters = inspect.signature(loss).parameters
     options = {
-        name: parameter
-        for name, parameter in inspect.signature(loss).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        name: p
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     static = tuple(name for name, p in options.items() if jax.Array not in typing.get_args(p.annotation))
     # An array option with a Python-number default (the focal loss's alpha) is static while it is given as a
     # Python number or None (checked at trace time, one compilation per value) and traced when it is an array.
     scalar_or_array = tuple(
-        name for name, p in options.items() if name not in static and isinstance(p.default, int | float)
+        name
+        for name, p in options.items()
+        if name not in static and p.kind is inspect.Parameter.KEYWORD_ONLY and isinstance(p.default, int | float)
     )
+    # A static option that may be given by position (class_balanced_weights's beta) is passed to jit by name.
+    positional = [name for name, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    first_static = next((i for i, name in enumerate(positional) if name in static), len(positional))
 
     def traced(*args, checks_on, **kwargs):
         with value_checks(checks_on):
@@ -513,6 +520,9 @@ def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(loss)
     def call(*args, **kwargs):
+        if len(args) > first_static:
+            kwargs.update(zip(positional[first_static:], args[first_static:], strict=False))
+            args = args[:first_static]
         scalars = tuple(
             name
             for name in scalar_or_array
@@ -536,9 +546,12 @@ def checked(fn: Callable[..., T]) -> Callable[..., T]:
     :func:`value_checks` and under ``checkify`` and raises ``checkify.JaxRuntimeError`` naming the argument,
     the offending value and its index, e.g. ``labels must be in [0, 1]; got 2.0 at index [1 1]``.
 
-    ``fn`` may be a jaxbce loss or any function that calls one (a whole train step). Without ``checked`` or
-    :func:`value_checks` no check is registered: the losses compile and dispatch as if the checks did not
-    exist.
+    ``fn`` may be a jaxbce function or any function that calls one (a whole train step, jitted or not). Every
+    jaxbce function keys its compilation on whether checks are on, so ``checked`` checks it even after it was
+    called without. ``checked`` raises in Python, so it goes outside ``jax.jit``, ``vmap`` and the like, never
+    inside (that is a ``TypeError`` saying so); to keep the checks inside your own jitted step, trace it with
+    ``checkify`` inside :func:`value_checks`. Without ``checked`` or :func:`value_checks` no check is
+    registered: the losses compile and dispatch as if the checks did not exist.
 
     Example:
       >>> import jax.numpy as jnp, jaxbce
@@ -554,6 +567,16 @@ def checked(fn: Callable[..., T]) -> Callable[..., T]:
     def run(*args, **kwargs):
         with value_checks():
             error, out = checkified(*args, **kwargs)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(error)):
+            raise TypeError(
+                f"jaxbce.checked({getattr(fn, '__name__', fn)}) was called inside a JAX transformation (jax.jit, "
+                "vmap, grad, ...), where it cannot raise. Put checked outside, jax.jit(fn) inside it: "
+                "jaxbce.checked(jax.jit(fn)); or, to keep the checks in your jitted step, trace it with checkify "
+                "inside jaxbce.value_checks():\n"
+                "    with jaxbce.value_checks():\n"
+                "        error, out = jax.jit(checkify.checkify(step))(*args)\n"
+                "    error.throw()"
+            )
         error.throw()
         return out
 

@@ -1,12 +1,19 @@
 """Class-balance weights from label counts, for ``pos_weight`` and ``weight`` of the multi-label losses."""
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from jaxbce._pipeline import Arg, Role, as_checked_array, check_broadcasts, compute_dtype, register_value_checks
+from jaxbce._pipeline import (
+    Arg,
+    Role,
+    as_checked_array,
+    check_broadcasts,
+    compute_dtype,
+    jit_loss,
+    register_value_checks,
+)
 
 
 def _counts(name: str, value: jax.typing.ArrayLike) -> jax.Array:
@@ -15,7 +22,7 @@ def _counts(name: str, value: jax.typing.ArrayLike) -> jax.Array:
     return counts.astype(compute_dtype(counts.dtype))  # integer counts: float32
 
 
-@jax.jit
+@jit_loss
 def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: jax.typing.ArrayLike) -> jax.Array:
     """PyTorch's recipe for ``pos_weight``: negatives per positive, ``(total - positives) / positives``, per class.
 
@@ -47,14 +54,15 @@ def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: 
     return jnp.where(positives == 0, 1, (totals - positives) / safe)
 
 
-@functools.partial(jax.jit, static_argnames="beta")
+@jit_loss
 def class_balanced_weights(counts: jax.typing.ArrayLike, beta: float = 0.999) -> jax.Array:
     """Class-balanced weights (Cui et al., CVPR 2019): the inverse of each class's effective number of examples,
     ``(1 - beta) / (1 - beta**n)``, normalised to sum to the number of classes.
 
     ``1 - beta**n`` is formed as ``-expm1(n log(beta))``, exact for ``beta`` close to 1, where the direct form
     cancels. A class with no example (``n = 0``) gets weight 0, and the others share the sum ``C``; if no class
-    has an example, every weight is 0. ``beta = 0`` gives equal weights, ``beta -> 1`` inverse frequencies.
+    has an example, every weight is 0. ``beta = 0`` gives equal weights (constants of the counts: zero
+    derivative), ``beta -> 1`` inverse frequencies. The derivatives in ``counts`` are finite for every ``beta``.
 
     Args:
       counts: number of examples per class, shape ``(..., C)``, integer or floating, non-negative. The weights
@@ -78,8 +86,10 @@ def class_balanced_weights(counts: jax.typing.ArrayLike, beta: float = 0.999) ->
     if n.ndim == 0:
         raise ValueError("counts must have a class axis (shape (..., C)), got a scalar")
     empty = n == 0
-    log_beta = math.log(beta) if beta > 0 else -math.inf
-    effective = -jnp.expm1(jnp.where(empty, 1, n) * log_beta)  # 1 - beta**n
-    raw = jnp.where(empty, 0, (1 - beta) / effective)
+    if beta == 0:  # beta**n is 0 for every n > 0: equal weights, constants in the counts (no 0 * log(0))
+        raw = jnp.where(empty, 0, jnp.ones_like(n))
+    else:
+        effective = -jnp.expm1(jnp.where(empty, 1, n) * math.log(beta))  # 1 - beta**n
+        raw = jnp.where(empty, 0, (1 - beta) / effective)
     total = jnp.sum(raw, axis=-1, keepdims=True)
     return raw * (n.shape[-1] / jnp.where(total == 0, 1, total))
