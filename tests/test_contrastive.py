@@ -3,6 +3,7 @@ in both embeddings, logit_scale and logit_bias), on one device in chunks and as 
 devices and over 2 processes; never the B x B logits (compiled memory) and no all-gather (optimised HLO)."""
 
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +107,27 @@ def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
     got = ring(put(images), put(texts), *scalars, put(where))
     _close(got, single, rtol=2e-5, atol=1e-6)
     assert got[1][0].sharding.spec == P("data", None)  # the image gradient stays where its rows are
+
+
+@pytest.mark.parametrize("where_spec", [P("data"), P()])
+def test_one_device_form_under_explicit_axes(where_spec):
+    """Without axis_name, under jax.make_mesh's Explicit axes with the rows sharded: one device's numbers, and no
+    B x B array gathered."""
+    images, texts = _embeddings(64, seed=5)
+    where = np.random.default_rng(6).uniform(size=64) > 0.2
+    loss = lambda x, z, s, b, w: jaxbce.sigmoid_contrastive_loss(x, z, s, b, where=w, chunk_size=16)  # noqa: E731
+    scalars = (np.float32(10.0), np.float32(-10.0))
+    expected = jax.value_and_grad(loss, argnums=ARGNUMS)(images, texts, *scalars, where)
+    mesh = _mesh()
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+    arguments = (put(images, P("data")), put(texts, P("data")), *scalars, put(where, where_spec))
+    step = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS))
+    with jax.set_mesh(mesh):
+        got = step(*arguments)
+        hlo = step.lower(*arguments).compile().as_text()
+    _close(got, expected, rtol=2e-5, atol=1e-6)
+    for result in re.findall(r"= (\S+) all-gather\(", hlo):
+        assert "64,64" not in result, result
 
 
 def test_ring_hlo_permutes_and_never_gathers():

@@ -5,6 +5,7 @@ contract's definition, to float32 summation-order rounding), and an independent 
 the loss and of its analytic gradient ``(pw y + 1 - y) sigmoid(z) - pw y``.
 """
 
+import functools
 import pathlib
 import re
 import subprocess
@@ -433,18 +434,17 @@ class NeverMaterialisedTest(chex.TestCase):
         self.assertEqual(dots(bias_only), 1)
 
 
-def _mesh():
+def _mesh(axis_type=AxisType.Auto):
     devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
     if len(devices) < 8:
         pytest.fail("the sharding tests need 8 devices (tests/conftest.py sets 8 CPU devices)")
-    # Auto axes: GSPMD partitions the loop (with Explicit axes, call the loss inside jax.sharding.auto_axes).
-    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(AxisType.Auto,) * 2)
+    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
 
 
 class ShardedTest(parameterized.TestCase):
     """Kernel sharded over classes on "model", examples over "data": the same numbers, no all-gather."""
 
-    def _sharded(self, mesh, classes=64):
+    def _sharded(self, mesh, classes=64, labels_spec=None):
         rng = np.random.default_rng(0)
         p = {
             "features": rng.normal(size=(16, 8)).astype(np.float32),
@@ -456,26 +456,37 @@ class ShardedTest(parameterized.TestCase):
             "where": rng.uniform(size=(16,)) > 0.2,
         }
         specs = {"features": P("data"), "kernel": P(None, "model"), "bias": P("model"), "pos_weight": P("model"),
-                 "labels": P("data", "model"), "positives": P("data"), "where": P("data")}  # fmt: skip
+                 "labels": labels_spec or P("data", "model"), "positives": P("data"), "where": P("data")}  # fmt: skip
         return p, {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in p.items()}
 
-    @parameterized.parameters("labels", "positives")
-    def test_same_numbers_and_no_all_gather(self, target):
-        mesh = _mesh()
-        p, sharded = self._sharded(mesh)
+    @parameterized.product(
+        # dense labels sharded like the logits, over the examples only, or replicated; positives over the examples
+        target_and_spec=[("labels", P("data", "model")), ("labels", P("data")), ("labels", P()),
+                         ("positives", P("data"))],
+        axis_type=[AxisType.Explicit, AxisType.Auto],
+    )  # fmt: skip
+    def test_same_numbers_and_no_all_gather(self, target_and_spec, axis_type):
+        """Explicit axes (jax.make_mesh's default) and Auto axes: one device's numbers, no all-gather, and the
+        per-example losses sharded like the features."""
+        target, labels_spec = target_and_spec
+        mesh = _mesh(axis_type)
+        p, sharded = self._sharded(mesh, labels_spec=labels_spec)
 
-        def loss(f, k, b, pw, y, where):
+        def loss(f, k, b, pw, y, where, reduction="mean"):
             return jaxbce.linear_binary_cross_entropy(f, k, **{target: y}, bias=b, pos_weight=pw, where=where,
-                                                      chunk_size=16)  # fmt: skip
+                                                      chunk_size=16, reduction=reduction)  # fmt: skip
 
         step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
         names = ("features", "kernel", "bias", "pos_weight", target, "where")
-        value, grads = step(*(sharded[n] for n in names))
         expected_value, expected_grads = step(*(jax.device_put(p[n], jax.devices()[0]) for n in names))
+        with jax.set_mesh(mesh):
+            value, grads = step(*(sharded[n] for n in names))
+            hlo = step.lower(*(sharded[n] for n in names)).compile().as_text()
+            per_example = jax.jit(functools.partial(loss, reduction="none"))(*(sharded[n] for n in names))
         np.testing.assert_allclose(value, expected_value, rtol=2e-6)
         chex.assert_trees_all_close(grads, expected_grads, rtol=2e-5, atol=1e-7)
         self.assertTrue(grads[1].sharding.is_equivalent_to(sharded["kernel"].sharding, 2))
-        hlo = step.lower(*(sharded[n] for n in names)).compile().as_text()
+        self.assertTrue(per_example.sharding.is_equivalent_to(sharded["features"].sharding, 1))
         collectives = set(re.findall(r"\b(all-gather|all-to-all|all-reduce|collective-permute)\(", hlo))
         self.assertNotIn("all-gather", collectives)
         self.assertNotIn("all-to-all", collectives)

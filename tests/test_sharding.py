@@ -3,6 +3,7 @@
 The session has 8 CPU devices (tests/conftest.py); on a GPU or TPU host the same tests use its devices.
 """
 
+import pathlib
 import re
 
 import jax
@@ -10,12 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import jaxbce
+from jaxbce._pipeline import Role
+from jaxbce._registry import LOSSES
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, CLASSES = 16, 8
 # Large enough for the fused CPU sum of binary_cross_entropy_with_logits (_pipeline.FUSIBLE_MIN_ELEMENTS).
 FUSED_SHAPE = (64, 128)
@@ -43,13 +47,14 @@ def _args(batch):
     return tuple(batch[k] for k in ("x", "y", "where", "pos_weight", "weight"))
 
 
-def _mesh():
-    # 8 accelerators where the host has them; otherwise the 8 CPU devices that tests/conftest.py creates
-    # (a single-GPU host runs these on its CPU devices, the rest of the suite on the GPU).
+def _mesh(axis_type=AxisType.Explicit):
+    """A (4, 2) ("data", "model") mesh, Explicit axes by default as jax.make_mesh gives them: 8 accelerators
+    where the host has them; otherwise the 8 CPU devices that tests/conftest.py creates (a single-GPU host runs
+    these on its CPU devices, the rest of the suite on the GPU)."""
     devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
     if len(devices) < 8:
         pytest.fail("the sharding tests need 8 devices (tests/conftest.py sets 8 CPU devices)")
-    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8])
+    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
 
 
 def _shard(batch, mesh):
@@ -165,3 +170,178 @@ def test_two_processes_agree_with_one():
     for returncode, output in run_on_two_processes("multihost.py", timeout=120):
         assert returncode == 0, output
         assert "gradient shards match: OK" in output, output
+
+
+# Every sharding mode, driven by the registry: each loss under Explicit axes (what jax.make_mesh gives), Auto axes
+# and inside shard_map, with the arguments sharded as a data pipeline hands them over, against one device.
+MODES = ("explicit", "auto", "shard_map")
+# (labels and other full-shape arrays, (B, 1) weight and where, per-class pos_weight or alpha): the logits are
+# always sharded over examples and classes.
+LAYOUTS = {
+    "labels_replicated": (P(), P("data"), P("model")),
+    "labels_over_examples": (P("data"), P(), P()),
+}
+PER_CLASS = (Role.NON_NEGATIVE, Role.FRACTION)
+
+
+def _registry_arguments(loss, seed=0):
+    """Every array argument of a registered loss, by name: its own (per-class for pos_weight and alpha), a
+    per-example (B, 1) weight and where."""
+    rng = np.random.default_rng(seed)
+    shape = (BATCH, CLASSES)
+    arguments = {}
+    for name, role in loss.arrays:
+        if role is Role.LOGITS:
+            arguments[name] = rng.normal(scale=3.0, size=shape).astype(np.float32)
+        elif role in PER_CLASS:
+            arguments[name] = rng.uniform(0.2, 0.9, size=(CLASSES,)).astype(np.float32)
+        else:  # probabilities and soft labels
+            arguments[name] = rng.uniform(0.01, 0.99, size=shape).astype(np.float32)
+    if loss.takes_weight:
+        arguments["weight"] = rng.uniform(0.5, 2.0, size=(BATCH, 1)).astype(np.float32)
+    arguments["where"] = rng.uniform(size=(BATCH, 1)) > 0.25
+    return arguments
+
+
+def _specs(loss, arguments, layout):
+    full, per_example, per_class = LAYOUTS[layout]
+    first = loss.arrays[0][0]
+    roles = dict(loss.arrays)
+    specs = {}
+    for name in arguments:
+        if name == first:
+            specs[name] = P("data", "model")
+        elif name in ("weight", "where"):
+            specs[name] = per_example
+        else:
+            specs[name] = per_class if roles[name] in PER_CLASS else full
+    return specs
+
+
+def _local_spec(shape):
+    """shard_map's in_specs: each device gets its block of the logits and the matching rows or classes."""
+    return {(BATCH, CLASSES): P("data", "model"), (BATCH, 1): P("data"), (CLASSES,): P("model")}[shape]
+
+
+def _registry_loss(loss, names, reduction):
+    def function(*values):
+        given = dict(zip(names, values, strict=True))
+        positional = [given.pop(name) for name in loss.positional]
+        return loss.function(*positional, **given, reduction=reduction)
+
+    return function
+
+
+def _collective_sizes(hlo: str, kind: str) -> list[int]:
+    """The number of elements of each result of the collectives ``kind`` in an HLO text."""
+    sizes = []
+    for result in re.findall(rf"= (\(?[^=]*?\)?) {kind}\(", hlo):
+        for dims in re.findall(r"\w+\[([\d,]*)\]", result):
+            sizes.append(int(np.prod([int(d) for d in dims.split(",") if d], dtype=int)))
+    return sizes
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_in_every_sharding_mode(name, mode, layout):
+    """Values and gradients (first argument, per-class and per-example arrays) equal one device's; "none" keeps
+    the first argument's sharding; nothing of the logits' size is all-gathered."""
+    loss = LOSSES[name]
+    arguments = _registry_arguments(loss)
+    names = list(arguments)
+    specs = _specs(loss, arguments, layout)
+    differentiable = tuple(i for i, n in enumerate(names) if n == names[0] or arguments[n].shape != (BATCH, CLASSES))
+    differentiable = tuple(i for i in differentiable if arguments[names[i]].dtype != np.bool_)
+    reduction = "mean" if layout == "labels_replicated" else "none"
+    function = _registry_loss(loss, names, reduction)
+    total = lambda *values: jnp.sum(function(*values))  # noqa: E731
+    if mode == "shard_map":
+        # Each device's elements, reduced by "sum" and psum'd: the global sum.
+        function = _registry_loss(loss, names, "sum")
+        total = jax.shard_map(
+            lambda *values: jax.lax.psum(function(*values), ("data", "model")),
+            mesh=_mesh(AxisType.Auto),
+            in_specs=tuple(_local_spec(arguments[n].shape) for n in names),
+            out_specs=P(),
+        )
+        reference = jax.value_and_grad(lambda *v: _registry_loss(loss, names, "sum")(*v), argnums=differentiable)(
+            *arguments.values()
+        )
+    else:
+        reference = jax.value_and_grad(total, argnums=differentiable)(*arguments.values())
+    mesh = _mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
+    sharded = [jax.device_put(arguments[n], NamedSharding(mesh, specs[n])) for n in names]
+    step = jax.jit(jax.value_and_grad(total, argnums=differentiable))
+    with jax.set_mesh(mesh):
+        value, grads = step(*sharded)
+        hlo = step.lower(*sharded).compile().as_text()
+        if reduction == "none" and mode != "shard_map":
+            per_element = jax.jit(function)(*sharded)
+            assert per_element.sharding.spec == P("data", "model"), per_element.sharding
+    np.testing.assert_allclose(value, reference[0], rtol=2e-6)
+    for got, expected in zip(grads, reference[1], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7)
+    logits_size = BATCH * CLASSES
+    assert all(size < logits_size for size in _collective_sizes(hlo, "all-gather")), hlo
+
+
+def test_every_example_in_the_scaling_docs_runs():
+    """docs/scaling.md's examples before the SigLIP section, executed in order as written (the SigLIP train step
+    runs in tests/test_contrastive.py), then checked against one device."""
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    text = text[: text.index("## SigLIP across devices")]
+    blocks = re.findall(r"```python\n(.*?)\n```", text, flags=re.DOTALL)
+    assert len(blocks) == 5, len(blocks)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/scaling.md", "exec"), namespace)
+    n = namespace
+    logits, labels, mask, pos_weight = n["logits"], n["labels"], n["mask"], n["pos_weight"]
+    expected, expected_grad = jax.value_and_grad(jaxbce.binary_cross_entropy_with_logits)(
+        logits, labels, pos_weight=pos_weight, where=mask
+    )
+    np.testing.assert_allclose(n["loss"], expected, rtol=2e-6)
+    np.testing.assert_allclose(n["grad"], expected_grad, rtol=2e-5, atol=1e-8)
+    assert n["grad"].sharding.spec == n["per_element"].sharding.spec == P("data", "model")
+    unmasked = jaxbce.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    np.testing.assert_allclose(n["auto_loss"], unmasked, rtol=2e-6)
+    every_class = np.broadcast_to(mask, logits.shape)
+    masked = jaxbce.binary_cross_entropy_with_logits(logits, labels, where=every_class, pos_weight=pos_weight)
+    np.testing.assert_allclose(n["mapped_loss"], masked, rtol=2e-6)
+    fused = lambda f, k: jaxbce.linear_binary_cross_entropy(f, k, positives=n["positives"], bias=n["bias"])  # noqa: E731
+    fused_loss, fused_grads = jax.value_and_grad(fused, argnums=(0, 1))(n["features"], n["kernel"])
+    np.testing.assert_allclose(n["fused_loss"], fused_loss, rtol=2e-6)
+    np.testing.assert_allclose(n["d_kernel"], fused_grads[1], rtol=2e-5, atol=1e-8)
+    assert n["d_kernel"].sharding.spec == P(None, "model")
+    local = lambda f, k: jaxbce.linear_binary_cross_entropy(f, k, positives=n["positives"])  # noqa: E731
+    np.testing.assert_allclose(n["local_loss"], local(n["features"], n["kernel"]), rtol=2e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_helpers_in_every_sharding_mode(mode):
+    """Counts sharded over the classes (Explicit, Auto) or whole on every device (shard_map, where
+    class_balanced_weights normalises over the classes it is given): one device's weights and derivatives."""
+    rng = np.random.default_rng(3)
+    positives = rng.integers(0, 50, size=(CLASSES,)).astype(np.float32)
+    totals = np.full((CLASSES,), 100.0, np.float32)
+
+    def helpers(positives, totals):
+        return jaxbce.pos_weight_from_counts(positives, totals), jaxbce.class_balanced_weights(positives, 0.99)
+
+    def total(positives, totals):
+        pos_weight, balanced = helpers(positives, totals)
+        return jnp.sum(pos_weight * balanced)
+
+    expected = (helpers(positives, totals), jax.grad(total, argnums=(0, 1))(positives, totals))
+    mesh = _mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
+    weights, objective, spec = helpers, total, P("model")
+    if mode == "shard_map":
+        weights = jax.shard_map(helpers, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+        objective = jax.shard_map(total, mesh=mesh, in_specs=(P(), P()), out_specs=P())
+        spec = P()
+    arguments = [jax.device_put(a, NamedSharding(mesh, spec)) for a in (positives, totals)]
+    with jax.set_mesh(mesh):
+        got = (jax.jit(weights)(*arguments), jax.jit(jax.grad(objective, argnums=(0, 1)))(*arguments))
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-9)

@@ -297,7 +297,8 @@ def sigmoid_contrastive_loss(
     config = _Config(rows, chunk_size, precision, dtype, axis_name)
     scale, bias = scale.astype(dtype), bias.astype(dtype)
     if axis_name is None:
-        return _total(config, images, texts, scale, bias, row_scale, keep).astype(out_dtype)
+        total = functools.partial(_total, config)
+        return _pipeline.with_auto_axes(total, images, texts, scale, bias, row_scale, keep).astype(out_dtype)
     scale, bias = _linear._vary_together((scale, bias), images, texts)
     share = _total(config, images, texts, scale, bias, row_scale, keep)
     return jax.lax.psum(share, axis_name).astype(out_dtype)

@@ -341,6 +341,60 @@ def _kept_count(reduction, batch, classes, keep, known, dtype) -> jax.Array:
     return jnp.sum(element_keep, dtype=dtype) * per_element
 
 
+class _Options(NamedTuple):
+    """The static options of one call."""
+
+    reduction: str
+    label_smoothing: float
+    ignore_label: float | None
+    chunk_size: int | None
+    precision: Any
+    dtype: np.dtype  # compute dtype
+    out_dtype: np.dtype
+
+
+def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias, pos_weight, weight, keep):
+    """The checked arguments laid out by chunks of classes, weighted, and reduced through the ``custom_vjp``
+    loops above."""
+    batch, classes = features.shape[:-1], kernel.shape[1]
+    reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype = options
+    known = None if ignore_label is None else labels != ignore_label
+    rows = math.prod(batch)
+    layout = _choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
+    flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
+    flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
+    if flat_keep is not None:
+        flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
+    parameters = _Parameters(
+        features=flat_features,
+        kernel=_by_chunk(kernel, layout),
+        bias=None if bias is None else _by_chunk(bias.astype(dtype), layout),
+        pos_weight=None
+        if pos_weight is None
+        else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
+    )
+    targets = _Targets(
+        labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),
+        positives=None if positives is None else positives.reshape(rows, positives.shape[-1]),
+        keep=flat_keep,
+    )
+    config = _Config(layout, label_smoothing, ignore_label, precision, dtype)
+
+    example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
+    if keep is not None:
+        example_weight = jnp.where(keep, example_weight, 0)
+    example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
+    parameters = _vary_together(parameters, parameters, targets)
+    if reduction == "none":
+        losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
+        return losses.reshape(batch).astype(out_dtype)
+    denominator = jnp.asarray(1, dtype)
+    if reduction != "sum":
+        denominator = _kept_count(reduction, batch, classes, keep, known, dtype)
+    row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
+    return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)
+
+
 @jit_loss
 def linear_binary_cross_entropy(
     features: jax.typing.ArrayLike,
@@ -506,37 +560,7 @@ def linear_binary_cross_entropy(
                 ok = ok | ~keep[..., None]
             checkify.debug_check(jnp.all(ok), f"positives must be class indices in [-1, {classes}) (-1: padding)")
 
-    rows = math.prod(batch)
-    layout = _choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
-    flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
-    flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
-    if flat_keep is not None:
-        flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
-    parameters = _Parameters(
-        features=flat_features,
-        kernel=_by_chunk(kernel, layout),
-        bias=None if bias is None else _by_chunk(bias.astype(dtype), layout),
-        pos_weight=None
-        if pos_weight is None
-        else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
-    )
-    targets = _Targets(
-        labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),
-        positives=None if positives is None else positives.reshape(rows, positives.shape[-1]),
-        keep=flat_keep,
-    )
-    config = _Config(layout, label_smoothing, ignore_label, precision, dtype)
-
-    example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
-    if keep is not None:
-        example_weight = jnp.where(keep, example_weight, 0)
-    example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
-    parameters = _vary_together(parameters, parameters, targets)
-    if reduction == "none":
-        losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
-        return losses.reshape(batch).astype(out_dtype)
-    denominator = jnp.asarray(1, dtype)
-    if reduction != "sum":
-        denominator = _kept_count(reduction, batch, classes, keep, known, dtype)
-    row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
-    return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)
+    options = _Options(reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype)
+    rows_spec = (_pipeline.explicit_spec(features) or ())[:-1] if reduction == "none" else ()
+    arrays = (features, kernel, labels, positives, bias, pos_weight, weight, keep)
+    return _pipeline.with_auto_axes(functools.partial(_loss_by_chunks, options), *arrays, out_spec=rows_spec)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import checkify
+from jax.sharding import AxisType
 
 from jaxbce._double_word import rounded
 
@@ -111,6 +112,54 @@ def as_mask(where: jax.typing.ArrayLike, shape: tuple[int, ...], first_name: str
         raise TypeError(f"where must be a bool array, got dtype {_describe_dtype(keep.dtype)}")
     check_broadcasts("where", keep.shape, shape, first_name)
     return keep
+
+
+def explicit_spec(array: jax.Array) -> tuple | None:
+    """The partition spec of ``array``'s type, one entry per dimension, where it is sharded over Explicit mesh
+    axes (what ``jax.make_mesh`` creates by default); None under Auto axes, inside ``shard_map`` or with no mesh,
+    where shardings are not part of the types."""
+    sharding = getattr(jax.typeof(array), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or AxisType.Explicit not in mesh.axis_types:
+        return None
+    return (*sharding.spec, *[None] * (array.ndim - len(sharding.spec)))
+
+
+def sharded_like(array: jax.Array, reference: jax.Array) -> jax.Array:
+    """``array`` with the sharding of ``reference`` along the dimensions that broadcasting aligns (from the
+    right), size-1 dimensions replicated: a no-op except under Explicit mesh axes.
+
+    Why. A data pipeline hands labels, masks and weights over replicated or sharded over the examples only,
+    while the logits are sharded over examples and classes. Under Explicit axes the sharding is part of an
+    array's type, and a select (the cores choose between two forms by the sign of the logits, the pipeline
+    masks with ``where``) needs all its operands sharded alike: so every argument is brought to the first
+    argument's sharding once, here. From replicated or from a sharding over fewer axes this is a local slice,
+    with no communication.
+    """
+    spec = explicit_spec(reference)
+    if spec is None or array.ndim > reference.ndim:
+        return array
+    leading = reference.ndim - array.ndim
+    aligned = zip(spec[leading:], reference.shape[leading:], array.shape, strict=True)
+    target = tuple(axes if size == own else None for axes, size, own in aligned)
+    if explicit_spec(array) == target:
+        return array
+    return jax.sharding.reshard(array, jax.sharding.PartitionSpec(*target))
+
+
+def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
+    """``fn(*args)`` with the Explicit mesh axes of ``args`` made Auto for its duration; the result is sharded
+    as ``out_spec`` says. A plain call where no argument is sharded over Explicit axes.
+
+    Why. The fused losses visit the classes (or texts) in chunks: a loop that slices the class axis and
+    carries gradients across steps. Sharding-in-types rejects a dynamic slice of a sharded dimension, while
+    GSPMD, given the same arrays as Auto axes, partitions each chunk across the class shards without moving
+    the kernel (the strided layout of ``_linear``). So under Explicit axes the loop runs as under Auto axes,
+    with the inputs' shardings as its starting point.
+    """
+    if all(explicit_spec(leaf) is None for leaf in jax.tree.leaves(args)):
+        return fn(*args)
+    return jax.sharding.auto_axes(fn, out_sharding=jax.sharding.PartitionSpec(*out_spec))(*args)
 
 
 def check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
@@ -318,6 +367,9 @@ def compute_loss(
         check_broadcasts("weight", weight_array.shape, shape, first.name)
 
     keep = None if where is None else as_mask(where, shape, first.name)
+    arrays = [first_array, *(None if a is None else sharded_like(a, first_array) for a in arrays[1:])]
+    weight_array = None if weight_array is None else sharded_like(weight_array, first_array)
+    keep = None if keep is None else sharded_like(keep, first_array)
     if ignore_label is not None:
         labels = next(a for arg, a in zip(args, arrays, strict=True) if arg.role is Role.LABELS)
         labelled = labels != ignore_label

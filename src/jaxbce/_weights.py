@@ -63,6 +63,7 @@ def class_balanced_weights(counts: jax.typing.ArrayLike, beta: float = 0.999) ->
     cancels. A class with no example (``n = 0``) gets weight 0, and the others share the sum ``C``; if no class
     has an example, every weight is 0. ``beta = 0`` gives equal weights (constants of the counts: zero
     derivative), ``beta -> 1`` inverse frequencies. The derivatives in ``counts`` are finite for every ``beta``.
+    The normalisation is over the classes it is given: inside ``shard_map``, pass every class's counts.
 
     Args:
       counts: number of examples per class, shape ``(..., C)``, integer or floating, non-negative. The weights
