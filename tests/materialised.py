@@ -10,14 +10,14 @@ import jaxbce
 def linear_bce(
     features, kernel, bias, pos_weight, weight, *, labels, where=None, reduction, label_smoothing=0.0, ignore_label=None
 ):
-    """``binary_cross_entropy_with_logits`` of the logits, with the per-example ``weight`` and ``where`` as
-    ``(..., 1)``; ``"none"`` is the sum over classes per example."""
+    """``binary_cross_entropy_with_logits`` of the logits, with ``weight`` as given (it broadcasts against the
+    logits) and the per-example ``where`` as ``(..., 1)``; ``"none"`` is the sum over classes per example."""
     logits = features @ kernel + (0 if bias is None else bias)
     return jaxbce.binary_cross_entropy_with_logits(
         logits,
         labels,
         pos_weight=pos_weight,
-        weight=None if weight is None else weight[..., None],
+        weight=weight,
         where=None if where is None else where[..., None],
         label_smoothing=label_smoothing,
         ignore_label=ignore_label,

@@ -211,3 +211,12 @@ def test_the_train_step_in_the_scaling_docs_runs():
     got = jax.jit(namespace["siglip_loss"])(params, namespace["images"], namespace["texts"], namespace["where"])
     np.testing.assert_allclose(float(got), float(expected), rtol=2e-6)
     assert float(got) < float(namespace["loss"])  # the step lowered the loss
+
+
+def test_no_bias_is_logit_bias_none():
+    """logit_bias=None is no bias: the loss and the other gradients of a zero bias."""
+    images, texts = _embeddings(12, seed=9)
+    without = jax.value_and_grad(lambda x, s: jaxbce.sigmoid_contrastive_loss(x, texts, s, None), argnums=(0, 1))
+    zero = jax.value_and_grad(lambda x, s: jaxbce.sigmoid_contrastive_loss(x, texts, s, 0.0), argnums=(0, 1))
+    _close(without(images, np.float32(5.0)), zero(images, np.float32(5.0)), rtol=0)
+    np.testing.assert_allclose(without(images, np.float32(5.0))[0], dense_siglip(images, texts, 5.0, 0.0), rtol=2e-6)

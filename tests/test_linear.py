@@ -35,7 +35,7 @@ def _problem(seed=0, classes=CLASSES):
         "kernel": (rng.normal(size=(DIM, classes)) / 2).astype(np.float32),
         "bias": rng.normal(size=(classes,)).astype(np.float32),
         "pos_weight": rng.uniform(0.5, 3.0, size=(classes,)).astype(np.float32),
-        "weight": rng.uniform(0.0, 2.0, size=(BATCH,)).astype(np.float32),
+        "weight": rng.uniform(0.0, 2.0, size=(BATCH, 1)).astype(np.float32),  # per example
         "where": rng.uniform(size=(BATCH,)) > 0.25,
         "labels": rng.uniform(size=(BATCH, classes)) < 0.3,
         # repeats (3, 3), padding (-1) between and after entries, a row of padding only, the last class
@@ -61,7 +61,7 @@ def _float64_reference(p, labels, *, where, pos_weight, weight, reduction):
     z = f @ k + b
     softplus = np.logaddexp(0, z)
     loss = pw * y * (softplus - z) + (1 - y) * softplus
-    scale = np.ones(BATCH) if weight is None else weight.astype(np.float64)
+    scale = np.ones(BATCH) if weight is None else weight[:, 0].astype(np.float64)
     if where is not None:
         scale = np.where(where, scale, 0)
     kept = BATCH if where is None else where.sum()
@@ -176,6 +176,42 @@ class EqualsMaterialisedTest(parameterized.TestCase):
                               **options)  # fmt: skip
         np.testing.assert_allclose(got, expected, rtol=2e-6)
 
+    @parameterized.product(
+        weight_shape=[(CLASSES,), (BATCH, 1), (BATCH, CLASSES), (1, CLASSES), (), (1, 1)],
+        reduction=["mean", "batchmean", "none"],
+    )
+    def test_weight_broadcasts_as_in_the_materialised_loss(self, weight_shape, reduction):
+        """(C,) per class, (B, 1) per example, (B, C) per element: value and gradients in features, kernel and
+        weight equal the materialised loss's; NaN weights of masked rows reach nothing."""
+        p = _problem(seed=6)
+        weight = np.random.default_rng(7).uniform(0.0, 2.0, size=weight_shape).astype(np.float32)
+        if weight.ndim == 2 and weight.shape[0] == BATCH:
+            weight[~p["where"]] = np.nan
+        labels = p["labels"].astype(np.float32)
+
+        def fused(f, k, w):
+            return jaxbce.linear_binary_cross_entropy(
+                f, k, labels, weight=w, where=p["where"], reduction=reduction, chunk_size=16
+            ).sum()
+
+        def materialised(f, k, w):
+            return linear_bce(f, k, None, None, w, labels=labels, where=p["where"], reduction=reduction).sum()
+
+        got = jax.value_and_grad(fused, argnums=(0, 1, 2))(p["features"], p["kernel"], weight)
+        expected = jax.value_and_grad(materialised, argnums=(0, 1, 2))(p["features"], p["kernel"], weight)
+        chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-6)
+
+    def test_a_square_batch_weights_classes_as_the_materialised_loss_does(self):
+        """With B == C a (C,) weight is per class in both losses (it was per example here, a silent difference)."""
+        p = _problem(seed=8)
+        features, labels = p["features"][:9], p["labels"][:9, :9].astype(np.float32)
+        kernel, weight = p["kernel"][:, :9], np.linspace(0.5, 2.0, 9).astype(np.float32)
+        got = jaxbce.linear_binary_cross_entropy(features, kernel, labels, weight=weight)
+        expected = jaxbce.binary_cross_entropy_with_logits(features @ kernel, labels, weight=weight)
+        np.testing.assert_allclose(got, expected, rtol=2e-6)
+        with pytest.raises(ValueError, match=r"is per example: pass weight\[\.\.\., None\]"):
+            jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], p["labels"], weight=np.ones(BATCH))
+
     def test_leading_batch_dimensions(self):
         p = _problem(seed=4)
         features = p["features"].reshape(3, 4, DIM)
@@ -272,7 +308,8 @@ class MaskingAndLimitsTest(chex.TestCase):
         got = jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], positives=positives, chunk_size=16)
         expected = jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], positives=p["positives"])
         np.testing.assert_allclose(got, expected, rtol=2e-6)
-        with pytest.raises(checkify.JaxRuntimeError, match=r"positives must be class indices in \[-1, 45\)"):
+        message = r"positives must be class indices in \[-1, 45\) \(-1: padding\); got 45 at index \[0 3\]"
+        with pytest.raises(checkify.JaxRuntimeError, match=message):
             jaxbce.checked(jaxbce.linear_binary_cross_entropy)(p["features"], p["kernel"], positives=positives)
 
     def test_value_checks_name_the_argument(self):
@@ -283,7 +320,7 @@ class MaskingAndLimitsTest(chex.TestCase):
             jaxbce.checked(jaxbce.linear_binary_cross_entropy)(p["features"], p["kernel"], labels)
         with pytest.raises(checkify.JaxRuntimeError, match="weight must be non-negative"):
             jaxbce.checked(jaxbce.linear_binary_cross_entropy)(
-                p["features"], p["kernel"], p["labels"], weight=-np.ones(BATCH, np.float32)
+                p["features"], p["kernel"], p["labels"], weight=-np.ones((BATCH, 1), np.float32)
             )
 
 

@@ -49,7 +49,7 @@ def _linear() -> FusedLoss:
         "kernel": (rng.normal(size=(dim, classes)) / 2).astype(np.float32),
         "bias": rng.normal(size=(classes,)).astype(np.float32),
         "pos_weight": rng.uniform(0.5, 3.0, size=(classes,)).astype(np.float32),
-        "weight": rng.uniform(0.2, 2.0, size=(batch,)).astype(np.float32),
+        "weight": rng.uniform(0.2, 2.0, size=(batch, classes)).astype(np.float32),  # per element
         "labels": labels,
         "positives": positives,
     }

@@ -86,7 +86,7 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     )
     if not gradients:
         return _linear._row_losses_value(linear_config, parameters, targets), None
-    wanted = _linear._Parameters(True, True, True, False)
+    wanted = _linear._Parameters(True, True, True, False, False)
     losses, grads = _linear._row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
     d_kernel = _linear._from_chunks(grads.kernel, layout)  # (D, T)
     return losses, _Gradients(
@@ -110,7 +110,7 @@ def _single_device(config: _Config, images, texts, scale, bias, row_scale, kept,
         losses, block = _block(
             config, padded_images[i], texts, scale, bias, padded_scale[i], i * config.rows, kept, gradients=gradients
         )
-        total = total + jnp.sum(_linear._weighted_rows(padded_scale[i], losses))
+        total = total + jnp.sum(_linear._weighted(padded_scale[i], losses))
         if gradients:
             grads = _Gradients(
                 images=jax.lax.dynamic_update_index_in_dim(grads.images, block.images, i, axis=0),
@@ -141,7 +141,7 @@ def _ring(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradi
         losses, block = _block(
             config, images, visiting, scale, bias, row_scale, offset, visiting_kept, gradients=gradients
         )
-        total = total + jnp.sum(_linear._weighted_rows(row_scale, losses))
+        total = total + jnp.sum(_linear._weighted(row_scale, losses))
         if gradients:
             d_visiting = d_visiting + block.texts
             grads = _Gradients(
@@ -183,12 +183,35 @@ def _total_bwd(config, grads, cotangent):
 _total.defvjp(_total_fwd, _total_bwd)
 
 
+def _check_axis_name(axis_name) -> None:
+    """A ``ValueError`` that says what to pass when ``axis_name`` names no axis of the enclosing ``shard_map`` (or
+    ``pmap``), or when it is missing inside ``shard_map``, where each device would score its own rows only."""
+    manual = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+    if axis_name is None:
+        if manual:
+            raise ValueError(
+                f"sigmoid_contrastive_loss is called inside shard_map (manual axes {manual}) without axis_name, so "
+                "each device would pair its own rows only; pass axis_name=<the mesh axis the rows are sharded "
+                f"over>, e.g. axis_name={manual[0]!r}"
+            )
+        return
+    for name in axis_name if isinstance(axis_name, tuple) else (axis_name,):
+        try:
+            jax.lax.axis_size(name)
+        except NameError:
+            where = f"the enclosing shard_map's axes are {manual}" if manual else "it is not called inside shard_map"
+            raise ValueError(
+                f"axis_name={axis_name!r} names no mesh axis here ({where}); pass the axis that the embedding rows "
+                "are sharded over, inside jax.shard_map, or axis_name=None on one device"
+            ) from None
+
+
 @_pipeline.jit_loss
 def sigmoid_contrastive_loss(
     image_embeddings: jax.typing.ArrayLike,
     text_embeddings: jax.typing.ArrayLike,
     logit_scale: jax.typing.ArrayLike,
-    logit_bias: jax.typing.ArrayLike,
+    logit_bias: jax.typing.ArrayLike | None,
     *,
     where: jax.typing.ArrayLike | None = None,
     axis_name: str | tuple[str, ...] | None = None,
@@ -219,7 +242,7 @@ def sigmoid_contrastive_loss(
       text_embeddings: the same shape and kind.
       logit_scale: scalar multiplier of the dot products, the scale itself (SigLIP keeps its log as the
         parameter and passes ``jnp.exp(log_scale)``; the paper starts at ``log 10``).
-      logit_bias: scalar bias (the paper starts at -10).
+      logit_bias: scalar bias (the paper starts at -10), or None for no bias.
       where: optional ``(B,)`` bool; False drops the pair's image from the rows, its text from the columns and
         the example from the count ``B`` (padding of a last, short batch).
       axis_name: static name of the ``shard_map`` axis to ring over, or None for one device.
@@ -258,11 +281,13 @@ def sigmoid_contrastive_loss(
             f"image_embeddings and text_embeddings must both have shape (B, D), got {images.shape} and {texts.shape}"
         )
     scale = _pipeline.as_checked_array(Arg("logit_scale", logit_scale, Role.LOGITS))
-    bias = _pipeline.as_checked_array(Arg("logit_bias", logit_bias, Role.LOGITS))
+    no_bias = logit_bias is None
+    bias = _pipeline.as_checked_array(Arg("logit_bias", 0.0 if no_bias else logit_bias, Role.LOGITS))
     for name, value in (("logit_scale", scale), ("logit_bias", bias)):
         if value.shape != ():
             raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
     _linear.check_chunk_size(chunk_size)
+    _check_axis_name(axis_name)
     batch = images.shape[0]
     out_dtype = jnp.result_type(images.dtype, texts.dtype)
     dtype = _pipeline.compute_dtype(jnp.result_type(out_dtype, scale.dtype, bias.dtype))

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jax.experimental import checkify
 
 from jaxbce import _elementwise, _pipeline
 from jaxbce._pipeline import Arg, Role, check_fraction, jit_loss
@@ -75,6 +74,7 @@ class _Parameters(NamedTuple):
     kernel: jax.Array  # (D, chunk, chunks)
     bias: jax.Array | None  # (chunk, chunks)
     pos_weight: jax.Array | None  # (chunk, chunks)
+    weight: jax.Array | None = None  # per class (chunk, chunks) or per element (N, chunk, chunks)
 
 
 class _Targets(NamedTuple):
@@ -157,22 +157,24 @@ def _both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
 
 
 def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, config: _Config):
-    """Logits, labels, pos_weight and element mask (padded classes and ignored labels; None for none) of
+    """Logits, labels, pos_weight, weight and element mask (padded classes and ignored labels; None for none) of
     chunk ``j``."""
     logits = _dot(config, parameters.features, _take(parameters.kernel, j), contract=(1, 0))
     if parameters.bias is not None:
         logits = logits + _take(parameters.bias, j).astype(config.dtype)
-    pos_weight = _take(parameters.pos_weight, j)
-    pos_weight = None if pos_weight is None else pos_weight.astype(config.dtype)
+    pos_weight, weight = _take(parameters.pos_weight, j), _take(parameters.weight, j)
+    pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
     valid = None
     if config.layout.padded:
         valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
     labels, known = _chunk_labels(targets, j, config)
-    return logits, labels, pos_weight, _both(_both(valid, known), _take(targets.classes_kept, j))
+    return logits, labels, pos_weight, weight, _both(_both(valid, known), _take(targets.classes_kept, j))
 
 
-def _elementwise_loss(config: _Config, logits, labels, pos_weight, valid) -> jax.Array:
+def _elementwise_loss(config: _Config, logits, labels, pos_weight, weight, valid) -> jax.Array:
     loss = _elementwise.bce_with_logits(logits, labels, pos_weight, config.label_smoothing)
+    if weight is not None:
+        loss = _weighted(weight, loss)  # a zero weight removes its element even where its loss is infinite
     return loss if valid is None else jnp.where(valid, loss, 0)
 
 
@@ -196,8 +198,7 @@ def _row_losses_value(config: _Config, parameters: _Parameters, targets: _Target
     """Per-row sums over classes of the loss, one matmul per chunk."""
 
     def step(j, rows):
-        logits, labels, pos_weight, valid = _chunk_inputs(parameters, targets, j, config)
-        return rows + _elementwise_loss(config, logits, labels, pos_weight, valid).sum(axis=-1)
+        return rows + _elementwise_loss(config, *_chunk_inputs(parameters, targets, j, config)).sum(axis=-1)
 
     initial = _zeros(parameters.features.shape[:1], config.dtype, parameters, targets)
     return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
@@ -212,14 +213,14 @@ def _row_losses_and_gradients(
 
     def step(j, carry):
         rows, gradients = carry
-        logits, labels, pos_weight, valid = _chunk_inputs(parameters, targets, j, config)
+        logits, labels, pos_weight, weight, valid = _chunk_inputs(parameters, targets, j, config)
 
-        def scaled_sum(x, pw):
-            loss = _elementwise_loss(config, x, labels, pw, valid)
+        def scaled_sum(x, pw, w):
+            loss = _elementwise_loss(config, x, labels, pw, w, valid)
             return jnp.sum(row_scale[:, None] * loss), loss.sum(axis=-1)
 
-        total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, has_aux=True)
-        d_logits, d_pos_weight = pullback(jnp.ones_like(total))
+        total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, weight, has_aux=True)
+        d_logits, d_pos_weight, d_weight = pullback(jnp.ones_like(total))
         if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
             d_features = _dot(config, d_logits, _take(kernel, j), contract=(1, 1))
             gradients = gradients._replace(features=gradients.features + d_features)
@@ -229,6 +230,8 @@ def _row_losses_and_gradients(
             gradients = gradients._replace(bias=_put(gradients.bias, d_logits.sum(axis=0), j))
         if gradients.pos_weight is not None:
             gradients = gradients._replace(pos_weight=_put(gradients.pos_weight, d_pos_weight, j))
+        if gradients.weight is not None:
+            gradients = gradients._replace(weight=_put(gradients.weight, d_weight, j))
         return rows + chunk_rows, gradients
 
     def zeros_like(name: str, array: jax.Array | None):
@@ -243,13 +246,14 @@ def _row_losses_and_gradients(
     return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
 
 
-def _weighted_rows(row_scale: jax.Array, rows: jax.Array) -> jax.Array:
-    # A zero scale (zero weight, masked row) removes its row even where its loss is infinite (0 * inf is 0).
-    return row_scale * jnp.where((row_scale == 0) & jnp.isinf(rows), 0, rows)
+def _weighted(weight: jax.Array, losses: jax.Array) -> jax.Array:
+    """``weight * losses``, where a zero weight (or scale, or masked row) removes its element even where its loss
+    is infinite (0 * inf is 0)."""
+    return weight * jnp.where((weight == 0) & jnp.isinf(losses), 0, losses)
 
 
 def _weighted_sum(row_scale: jax.Array, rows: jax.Array) -> jax.Array:
-    return jnp.sum(_weighted_rows(row_scale, rows))
+    return jnp.sum(_weighted(row_scale, rows))
 
 
 def _unwrap(tree):
@@ -319,7 +323,7 @@ def _row_losses_bwd(config, residuals, cotangent):
     parameters, targets = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(parameters.features.shape[:1], config.dtype)
-    every = _Parameters(True, True, True, True)
+    every = _Parameters(True, True, True, True, True)
     _, gradients = _row_losses_and_gradients(config, parameters, targets, cotangent, every)
     return gradients, None
 
@@ -362,6 +366,19 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
     rows = math.prod(batch)
     layout = _choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
     flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
+    # weight broadcasts against the (..., C) logits: (..., 1) per example (a row scale), (C,) per class, and
+    # anything else per element (laid out like dense labels).
+    class_weight = None
+    if weight is not None and weight.ndim and weight.shape[-1] != 1:
+        if all(size == 1 for size in weight.shape[:-1]):
+            class_weight = weight.reshape(classes)
+        else:
+            class_weight = jnp.broadcast_to(weight, (*batch, classes)).reshape(rows, classes)
+            if flat_keep is not None:  # masked rows may hold NaN weights
+                class_weight = jnp.where(flat_keep[:, None], class_weight, 0)
+        weight = None
+    elif weight is not None and weight.ndim:
+        weight = weight[..., 0]
     flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
     if flat_keep is not None:
         flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
@@ -372,6 +389,7 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
         pos_weight=None
         if pos_weight is None
         else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
+        weight=None if class_weight is None else _by_chunk(class_weight.astype(dtype), layout),
     )
     targets = _Targets(
         labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),
@@ -386,7 +404,7 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
     example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
     parameters = _vary_together(parameters, parameters, targets)
     if reduction == "none":
-        losses = _weighted_rows(example_weight, _row_losses(config, parameters, targets))
+        losses = _weighted(example_weight, _row_losses(config, parameters, targets))
         return losses.reshape(batch).astype(out_dtype)
     denominator = jnp.asarray(1, dtype)
     if reduction != "sum":
@@ -420,7 +438,7 @@ def linear_binary_cross_entropy(
     from ``positives`` ever exist, in the forward or the backward pass. Per element the loss is that of
     :func:`binary_cross_entropy_with_logits`, from the same exact core and gradient rule:
 
-        loss[n] = w[n] * sum_c (pw[c] * y[n, c] * softplus(-z[n, c]) + (1 - y[n, c]) * softplus(z[n, c]))
+        loss[n] = sum_c w[n, c] * (pw[c] * y[n, c] * softplus(-z[n, c]) + (1 - y[n, c]) * softplus(z[n, c]))
         z = features @ kernel + bias
 
     The matmuls accumulate in float32 (``preferred_element_type``; float64 under x64) and the logits stay in
@@ -438,7 +456,11 @@ def linear_binary_cross_entropy(
         1, all others 0, and a repeated index counts once. Indices outside ``[-1, C)`` are ignored (and
         reported by the value checks, :func:`jaxbce.checked`).
       bias: optional ``(C,)`` real floating.
-      weight: optional non-negative per-example weight broadcastable to ``features.shape[:-1]``.
+      weight: optional non-negative weight broadcastable to the logits' shape ``features.shape[:-1] + (C,)``,
+        as in :func:`binary_cross_entropy_with_logits`: ``(..., 1)`` per example, ``(C,)`` per class,
+        ``(..., C)`` per element (held whole, like dense labels). A weight of shape ``features.shape[:-1]``
+        is a ``ValueError`` that suggests ``weight[..., None]`` (unless its last size is ``C``: per class).
+        A zero weight removes its element even where its loss is infinite.
       pos_weight: optional non-negative weight of the positive term, a scalar or ``(C,)``.
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
       where: optional per-example bool mask broadcastable to ``features.shape[:-1]``; False examples
@@ -540,7 +562,13 @@ def linear_binary_cross_entropy(
         _pipeline.check_broadcasts("pos_weight", pos_weight.shape, (classes,), "the classes (C,)")
     if weight is not None:
         weight = _pipeline.as_checked_array(Arg("weight", weight, Role.NON_NEGATIVE))
-        _pipeline.check_broadcasts("weight", weight.shape, batch, "features.shape[:-1]")
+        if weight.ndim and weight.shape == batch and batch[-1] != classes:
+            raise ValueError(
+                f"weight of shape {weight.shape} is per example: pass weight[..., None] (shape "
+                f"{(*batch, 1)}); weight broadcasts against the logits' shape {(*batch, classes)} as in "
+                "binary_cross_entropy_with_logits, so (C,) is per class"
+            )
+        _pipeline.check_broadcasts("weight", weight.shape, (*batch, classes), "the logits features.shape[:-1] + (C,)")
     keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
     known = None if ignore_label is None else labels != ignore_label
     example_keep = None if keep is None else keep[..., None]
@@ -549,7 +577,7 @@ def linear_binary_cross_entropy(
         for name, role, array, mask in (
             ("features", Role.LOGITS, features, example_keep),
             ("labels", Role.LABELS, labels, _both(example_keep, known)),
-            ("weight", Role.NON_NEGATIVE, weight, keep),
+            ("weight", Role.NON_NEGATIVE, weight, example_keep),
             ("pos_weight", Role.NON_NEGATIVE, pos_weight, None),
         ):
             if array is not None:
@@ -558,7 +586,9 @@ def linear_binary_cross_entropy(
             ok = (positives >= -1) & (positives < classes)
             if keep is not None:
                 ok = ok | ~keep[..., None]
-            checkify.debug_check(jnp.all(ok), f"positives must be class indices in [-1, {classes}) (-1: padding)")
+            _pipeline.check_values(
+                "positives", positives, ok, f"must be class indices in [-1, {classes}) (-1: padding)"
+            )
 
     options = _Options(reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype)
     rows_spec = (_pipeline.explicit_spec(features) or ())[:-1] if reduction == "none" else ()

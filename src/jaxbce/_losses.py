@@ -256,6 +256,11 @@ def sigmoid_focal_loss(
       Array([ 0.375     , -0.11907177], dtype=float32)
     """
     if alpha is None or is_python_number(alpha):  # static (jit_loss): checked now; an array, by checkify
+        if is_python_number(alpha) and alpha < 0:
+            raise ValueError(
+                f"alpha must be in [0, 1] or None, got {alpha}; for no class weighting (torchvision's alpha=-1, "
+                "optax's default) pass alpha=None"
+            )
         check_fraction("alpha", alpha, allow_none=True)
     gamma = _check_gamma("gamma", gamma)
     label_smoothing = check_fraction("label_smoothing", label_smoothing)

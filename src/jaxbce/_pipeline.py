@@ -200,23 +200,29 @@ def check_reduction(reduction, axis=None, *, valid: Sequence[str] = REDUCTIONS) 
         raise ValueError(f"axis={axis!r} cannot be combined with reduction={reduction!r}; leave it as None")
 
 
-def _is_static_number(value) -> bool:
-    """A Python or NumPy number, not a bool: what the static numeric options accept."""
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+def is_python_number(value) -> bool:
+    """A Python int or float, not a bool: what a static numeric option is once :func:`jit_loss` has made NumPy
+    scalars Python numbers; also how it tells a static value of an array option."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_ignore_label(ignore_label) -> float | None:
     """A static Python number (the -1 / 255 conventions) or None."""
     if ignore_label is None:
         return None
-    if not _is_static_number(ignore_label):
+    if not is_python_number(ignore_label):
         raise TypeError(f"ignore_label must be None or a Python int or float, got {ignore_label!r}")
+    if 0 <= ignore_label <= 1:
+        raise ValueError(
+            f"ignore_label={ignore_label!r} is a valid label value, so it would mask real labels; use a value "
+            "outside [0, 1] (-1 or 255 by convention), or where= to mask elements"
+        )
     return ignore_label
 
 
 def check_real(name: str, value) -> float:
     """A static finite Python number (poly_epsilon)."""
-    if not _is_static_number(value) or not math.isfinite(value):
+    if not is_python_number(value) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite Python float, got {value!r}")
     return float(value)
 
@@ -225,7 +231,7 @@ def check_fraction(name: str, value, *, allow_none: bool = False) -> float | Non
     """A static Python number in [0, 1] (label_smoothing, alpha)."""
     if value is None and allow_none:
         return None
-    if not _is_static_number(value):
+    if not is_python_number(value):
         raise TypeError(f"{name} must be a Python float in [0, 1], got {value!r}")
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -285,10 +291,14 @@ def register_value_checks(name: str, role: Role, array: jax.Array, keep: jax.Arr
     if keep is not None and jnp.broadcast_shapes(keep.shape, array.shape) != array.shape:
         keep = None
     for ok, requirement in checks:
-        if keep is not None:
-            ok = ok | ~keep
-        value, index = _first_offender(array, ok)
-        checkify.debug_check(jnp.all(ok), f"{name} {requirement}; got {{}} at index {{}}", value, index)
+        check_values(name, array, ok if keep is None else ok | ~keep, requirement)
+
+
+def check_values(name: str, array: jax.Array, ok: jax.Array, requirement: str) -> None:
+    """A checkify check that ``ok`` holds everywhere, reporting the first offending value of ``array`` and its
+    index: ``f"{name} {requirement}; got {value} at index {index}"``."""
+    value, index = _first_offender(array, ok)
+    checkify.debug_check(jnp.all(ok), f"{name} {requirement}; got {{}} at index {{}}", value, index)
 
 
 def _first_offender(array: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -416,12 +426,22 @@ def _masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -
             array = array.astype(np.uint8)
         return array.astype(dtype)
 
-    loss = core(*map(cast, arrays))
-    weight = cast(weight)
+    arrays, weight = [cast(array) for array in arrays], cast(weight)
+    removed = None if weight is None or fusible else weight == 0
+    if removed is not None:
+        # A zero weight removes its element from every derivative of the other arguments, even where the loss's
+        # derivative there is infinite (labels at logits near the largest float): the core's rule would make
+        # 0 * inf = NaN of the zero cotangent or tangent, so the element's inputs and loss are taken through
+        # a select with their stop_gradient, which drops it (reverse mode before the core, forward mode after).
+        arrays = [None if a is None else jnp.where(removed, jax.lax.stop_gradient(a), a) for a in arrays]
+    loss = core(*arrays)
+    if removed is not None:
+        loss = jnp.where(removed, jax.lax.stop_gradient(loss), loss)
     if weight is not None:
-        # A zero weight removes its element even where the loss is infinite (0 * inf is taken as 0); a NaN
-        # loss still propagates. The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
-        loss = weight * (loss if fusible else jnp.where((weight == 0) & jnp.isinf(loss), 0, loss))
+        # A zero weight removes its element's value even where the loss is infinite (0 * inf is taken as 0; the
+        # weight's own derivative there is the loss, or 0 where it is infinite); a NaN loss still propagates.
+        # The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
+        loss = weight * (loss if fusible else jnp.where(removed & jnp.isinf(loss), 0, loss))
     if keep is not None:
         # The fusible terms are of the unmasked inputs: a masked element's finite loss * 0 is 0, and NaN or inf
         # garbage makes the sum NaN, which sends it to the exact path (whose inputs are _prepare'd).
@@ -540,31 +560,38 @@ def _count(keep, shape, axes, dtype) -> jax.Array:
 
 
 def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
-    """``jax.jit`` of a public function, the one rule by which every jaxbce function is compiled: its options
-    that are not arrays (``axis``, ``reduction``, ``label_smoothing``, ``beta``, ...; read from the signature's
-    annotations) static, and whether value checks are on (:func:`value_checks`, read when the call is traced)
-    part of the cache key, so that :func:`checked` checks whatever was traced before."""
+    """``jax.jit`` of a public function, the one rule by which every jaxbce function is called and compiled.
+
+    Before jit sees the call: too many positional arguments, a required array given as None, and a string or
+    other non-array for an array are a ``TypeError`` naming the function and the argument; static options (the
+    parameters whose annotation admits no array: ``axis``, ``reduction``, ``gamma``, ``chunk_size``, ...) take
+    Python and NumPy scalars alike (NumPy ones become Python numbers), and a traced or array value for one is a
+    ``TypeError`` saying that it must be a Python number. Whether value checks are on (:func:`value_checks`, read
+    when the call is traced) is part of the cache key, so that :func:`checked` checks whatever was traced
+    before.
+    """
+    name = loss.__name__
     parameters = inspect.signature(loss).parameters
     options = {
-        name: p
-        for name, p in parameters.items()
+        option: p
+        for option, p in parameters.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
-    static = tuple(name for name, p in options.items() if jax.Array not in typing.get_args(p.annotation))
+    arrays = {option: p for option, p in options.items() if jax.Array in typing.get_args(p.annotation)}
+    static = tuple(option for option in options if option not in arrays)
     # An array option with a Python-number default (the focal loss's alpha) is static while it is given as a
     # Python number or None (checked at trace time, one compilation per value) and traced when it is an array.
     scalar_or_array = tuple(
-        name
-        for name, p in options.items()
-        if name not in static and p.kind is inspect.Parameter.KEYWORD_ONLY and isinstance(p.default, int | float)
+        option
+        for option, p in arrays.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and isinstance(p.default, int | float)
     )
-    # A static option that may be given by position (class_balanced_weights's beta) is passed to jit by name.
-    positional = [name for name, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-    first_static = next((i for i, name in enumerate(positional) if name in static), len(positional))
+    positional = [option for option, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    keywords = [option for option, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
-    def traced(*args, checks_on, **kwargs):
+    def traced(*, checks_on, **kwargs):  # every argument by name, so that static ones may be given by position
         with value_checks(checks_on):
-            return loss(*args, **kwargs)
+            return loss(**kwargs)
 
     @functools.cache
     def jitted(static_names: tuple[str, ...]):
@@ -572,22 +599,59 @@ def jit_loss(loss: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(loss)
     def call(*args, **kwargs):
-        if len(args) > first_static:
-            kwargs.update(zip(positional[first_static:], args[first_static:], strict=False))
-            args = args[:first_static]
+        if len(args) > len(positional):
+            hint = f"; the others are keyword-only: pass them by name, e.g. {keywords[0]}=..." if keywords else ""
+            raise TypeError(
+                f"{name}() takes {len(positional)} positional arguments ({', '.join(positional)}) but "
+                f"{len(args)} were given{hint}"
+            )
+        for option, value in zip(positional, args, strict=False):
+            if option in kwargs:
+                raise TypeError(f"{name}() got multiple values for argument {option!r}")
+            kwargs[option] = value
+        unknown = set(kwargs) - set(options)
+        if unknown:
+            raise TypeError(f"{name}() got unexpected keyword arguments {sorted(unknown)}; it takes {list(options)}")
+        for option, value in kwargs.items():
+            if option in arrays:
+                _check_array_argument(name, option, arrays[option], value)
+            elif option in static or option in scalar_or_array:
+                kwargs[option] = _static_option(name, option, value, array_allowed=option in scalar_or_array)
         scalars = tuple(
-            name
-            for name in scalar_or_array
-            if name in kwargs and (kwargs[name] is None or is_python_number(kwargs[name]))
+            option
+            for option in scalar_or_array
+            if option in kwargs and (kwargs[option] is None or is_python_number(kwargs[option]))
         )
-        return jitted((*static, *scalars))(*args, checks_on=value_checks_enabled(), **kwargs)
+        return jitted((*static, *scalars))(checks_on=value_checks_enabled(), **kwargs)
 
     return call
 
 
-def is_python_number(value) -> bool:
-    """A Python int or float, not a bool: how :func:`jit_loss` tells a static value of an array option."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _check_array_argument(function: str, option: str, parameter: inspect.Parameter, value) -> None:
+    """A ``TypeError`` naming the function and the argument for None where an array is required, and for a value
+    that is no array (a string, a dict, ...); NumPy and Python scalars and (nested) lists are arrays."""
+    if value is None:
+        if type(None) not in typing.get_args(parameter.annotation):
+            raise TypeError(f"{function}(): {option} is required: an array, got None")
+        return
+    array_like = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, list, tuple)
+    if isinstance(value, str | bytes) or not (isinstance(value, array_like) or hasattr(value, "__jax_array__")):
+        raise TypeError(f"{function}(): {option} must be an array, got {type(value).__name__}")
+
+
+def _static_option(function: str, option: str, value, *, array_allowed: bool):
+    """A static option's value with NumPy scalars as Python numbers; a ``TypeError`` for a traced or array value
+    where only a number can be static."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, jax.Array | np.ndarray) and not array_allowed:
+        kind = "a traced value" if isinstance(value, jax.core.Tracer) else f"an array of shape {np.shape(value)}"
+        raise TypeError(
+            f"{function}(): {option} is a static option and must be a Python number (or a NumPy scalar), got "
+            f"{kind}; compilation specialises on its value, so pass it as a number, not as a jnp array or from "
+            "inside a traced function"
+        )
+    return value
 
 
 def checked(fn: Callable[..., T]) -> Callable[..., T]:
