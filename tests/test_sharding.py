@@ -345,3 +345,29 @@ def test_weight_helpers_in_every_sharding_mode(mode):
         got = (jax.jit(weights)(*arguments), jax.jit(jax.grad(objective, argnums=(0, 1)))(*arguments))
     for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-9)
+
+
+def test_explicit_arrays_without_a_mesh_context():
+    """Arrays sharded over Explicit axes before jit, with no jax.set_mesh around the call (as a multi-process
+    pipeline hands them over): every loss gives one device's value and gradient."""
+    mesh = _mesh(AxisType.Explicit)
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+    for name, loss in LOSSES.items():
+        arguments = _registry_arguments(loss)
+        names = list(arguments)
+        specs = _specs(loss, arguments, "labels_over_examples")
+        total = lambda *values, names=names, loss=loss: jnp.sum(_registry_loss(loss, names, "mean")(*values))  # noqa: E731
+        expected = jax.value_and_grad(total)(*arguments.values())
+        got = jax.jit(jax.value_and_grad(total))(*(put(arguments[n], specs[n]) for n in names))
+        np.testing.assert_allclose(got[0], expected[0], rtol=2e-6, err_msg=name)
+        np.testing.assert_allclose(got[1], expected[1], rtol=2e-5, atol=1e-7, err_msg=name)
+    rng = np.random.default_rng(4)
+    features, kernel = rng.normal(size=(BATCH, 4)).astype(np.float32), rng.normal(size=(4, 32)).astype(np.float32)
+    labels = (rng.uniform(size=(BATCH, 32)) < 0.3).astype(np.float32)
+    fused = lambda f, k, y: jaxbce.linear_binary_cross_entropy(f, k, y, chunk_size=8)  # noqa: E731
+    got = jax.jit(jax.value_and_grad(fused))(put(features, P("data")), put(kernel, P(None, "model")), put(labels, P()))
+    expected = jax.value_and_grad(fused)(features, kernel, labels)
+    np.testing.assert_allclose(got[0], expected[0], rtol=2e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=2e-5, atol=1e-7)
+    siglip = lambda x: jaxbce.sigmoid_contrastive_loss(x, x[::-1], 2.0, -1.0)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(siglip)(put(features, P("data"))), siglip(features), rtol=2e-6)

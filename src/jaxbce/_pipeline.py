@@ -144,7 +144,8 @@ def sharded_like(array: jax.Array, reference: jax.Array) -> jax.Array:
     target = tuple(axes if size == own else None for axes, size, own in aligned)
     if explicit_spec(array) == target:
         return array
-    return jax.sharding.reshard(array, jax.sharding.PartitionSpec(*target))
+    mesh = jax.typeof(reference).sharding.mesh  # so that no mesh context (jax.set_mesh) is needed
+    return jax.sharding.reshard(array, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*target)))
 
 
 def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
@@ -157,9 +158,12 @@ def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
     the kernel (the strided layout of ``_linear``). So under Explicit axes the loop runs as under Auto axes,
     with the inputs' shardings as its starting point.
     """
-    if all(explicit_spec(leaf) is None for leaf in jax.tree.leaves(args)):
+    explicit = [leaf for leaf in jax.tree.leaves(args) if explicit_spec(leaf) is not None]
+    if not explicit:
         return fn(*args)
-    return jax.sharding.auto_axes(fn, out_sharding=jax.sharding.PartitionSpec(*out_spec))(*args)
+    # The arguments' mesh, also where the caller entered no mesh context (arrays sharded before jit).
+    with jax.sharding.use_abstract_mesh(jax.typeof(explicit[0]).sharding.mesh):
+        return jax.sharding.auto_axes(fn, out_sharding=jax.sharding.PartitionSpec(*out_spec))(*args)
 
 
 def check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
