@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
@@ -109,16 +109,19 @@ def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
     assert got[1][0].sharding.spec == P("data", None)  # the image gradient stays where its rows are
 
 
-@pytest.mark.parametrize("where_spec", [P("data"), P()])
-def test_one_device_form_under_explicit_axes(where_spec):
-    """Without axis_name, under jax.make_mesh's Explicit axes with the rows sharded: one device's numbers, and no
-    B x B array gathered."""
+@pytest.mark.parametrize(
+    ("where_spec", "axis_type"),
+    [(P("data"), AxisType.Explicit), (P(), AxisType.Explicit), (P(), AxisType.Auto)],
+)
+def test_one_device_form_on_sharded_rows(where_spec, axis_type):
+    """Without axis_name, under jax.make_mesh's Explicit axes (and Auto ones) with the rows sharded: one device's
+    numbers, and no B x B array gathered."""
     images, texts = _embeddings(64, seed=5)
     where = np.random.default_rng(6).uniform(size=64) > 0.2
     loss = lambda x, z, s, b, w: jaxbce.sigmoid_contrastive_loss(x, z, s, b, where=w, chunk_size=16)  # noqa: E731
     scalars = (np.float32(10.0), np.float32(-10.0))
     expected = jax.value_and_grad(loss, argnums=ARGNUMS)(images, texts, *scalars, where)
-    mesh = _mesh()
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     arguments = (put(images, P("data")), put(texts, P("data")), *scalars, put(where, where_spec))
     step = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS))
