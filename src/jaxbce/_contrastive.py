@@ -281,8 +281,7 @@ def sigmoid_contrastive_loss(
             f"image_embeddings and text_embeddings must both have shape (B, D), got {images.shape} and {texts.shape}"
         )
     scale = _pipeline.as_checked_array(Arg("logit_scale", logit_scale, Role.LOGITS))
-    no_bias = logit_bias is None
-    bias = _pipeline.as_checked_array(Arg("logit_bias", 0.0 if no_bias else logit_bias, Role.LOGITS))
+    bias = _pipeline.as_checked_array(Arg("logit_bias", 0.0 if logit_bias is None else logit_bias, Role.LOGITS))
     for name, value in (("logit_scale", scale), ("logit_bias", bias)):
         if value.shape != ():
             raise ValueError(f"{name} must be a scalar, got shape {value.shape}")

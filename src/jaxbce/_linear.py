@@ -284,14 +284,11 @@ def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets,
 # pattern), and a jitted loss's traced call is shared by every use of it. Residual trees that depended on the
 # pattern let the backward pass of one use unflatten another's residuals: zero or misplaced gradients, or a bare
 # AssertionError. So the tree is always the same and an unformed gradient is an empty array.
-_NOT_FORMED = np.zeros((0,), np.float32)
-
-
 def _weighted_total_fwd(config, parameters, targets, row_scale):
     (parameters, wanted), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
     _reject_label_gradients(targets_perturbed)
     rows, gradients = _row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
-    formed = _Parameters(*(jnp.asarray(_NOT_FORMED) if g is None else g for g in gradients))
+    formed = _Parameters(*(jnp.zeros((0,), config.dtype) if g is None else g for g in gradients))
     return _weighted_sum(row_scale.value, rows), (formed, rows)
 
 
@@ -368,14 +365,14 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
     flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
     # weight broadcasts against the (..., C) logits: (..., 1) per example (a row scale), (C,) per class, and
     # anything else per element (laid out like dense labels).
-    class_weight = None
+    element_weight = None
     if weight is not None and weight.ndim and weight.shape[-1] != 1:
         if all(size == 1 for size in weight.shape[:-1]):
-            class_weight = weight.reshape(classes)
+            element_weight = weight.reshape(classes)
         else:
-            class_weight = jnp.broadcast_to(weight, (*batch, classes)).reshape(rows, classes)
+            element_weight = jnp.broadcast_to(weight, (*batch, classes)).reshape(rows, classes)
             if flat_keep is not None:  # masked rows may hold NaN weights
-                class_weight = jnp.where(flat_keep[:, None], class_weight, 0)
+                element_weight = jnp.where(flat_keep[:, None], element_weight, 0)
         weight = None
     elif weight is not None and weight.ndim:
         weight = weight[..., 0]
@@ -389,7 +386,7 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
         pos_weight=None
         if pos_weight is None
         else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
-        weight=None if class_weight is None else _by_chunk(class_weight.astype(dtype), layout),
+        weight=None if element_weight is None else _by_chunk(element_weight.astype(dtype), layout),
     )
     targets = _Targets(
         labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),

@@ -639,7 +639,8 @@ def _check_array_argument(function: str, option: str, parameter: inspect.Paramet
             raise TypeError(f"{function}(): {option} is required: an array, got None")
         return
     array_like = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, list, tuple)
-    if isinstance(value, str | bytes) or not (isinstance(value, array_like) or hasattr(value, "__jax_array__")):
+    convertible = hasattr(value, "__jax_array__") or hasattr(value, "__array__")  # pandas, torch CPU tensors
+    if isinstance(value, str | bytes) or not (isinstance(value, array_like) or convertible):
         raise TypeError(f"{function}(): {option} must be an array, got {type(value).__name__}")
 
 
