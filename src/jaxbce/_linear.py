@@ -278,26 +278,37 @@ def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets,
     return _weighted_sum(row_scale, _row_losses_value(config, parameters, targets))
 
 
-# Why the residuals hold a placeholder, not None, for a gradient that was not formed. JAX traces a
-# ``custom_vjp`` forward pass once per pattern of perturbed inputs but keeps one residual tree per traced call
-# (``fwd_jaxpr_from_zeros`` in ``jax/_src/interpreters/partial_eval.py`` resets the shared store for each new
-# pattern), and a jitted loss's traced call is shared by every use of it. Residual trees that depended on the
-# pattern let the backward pass of one use unflatten another's residuals: zero or misplaced gradients, or a bare
-# AssertionError. So the tree is always the same and an unformed gradient is an empty array.
+# Why every gradient is a residual of the same tree, formed or not. JAX traces a ``custom_vjp`` forward pass once
+# per pattern of perturbed inputs, but keeps one residual tree per traced call (``fwd_jaxpr_from_zeros`` in
+# ``jax/_src/interpreters/partial_eval.py`` resets the shared store for each new pattern; older JAX asserts that
+# the backward pass returns the same tree on every call), and a jitted loss's traced call is shared by every use
+# of it. Trees that depended on the pattern let the backward pass of one use unflatten another's residuals:
+# zero or misplaced gradients, or a bare AssertionError. So each gradient is stored with a leading axis of
+# length 1, or as an empty ``(0, *shape)`` array where it was not formed (no matmul, no memory); the backward
+# pass returns zeros of that shape there, which JAX drops (the input was not perturbed) and XLA removes.
 def _weighted_total_fwd(config, parameters, targets, row_scale):
     (parameters, wanted), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
     _reject_label_gradients(targets_perturbed)
     rows, gradients = _row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
-    formed = _Parameters(*(jnp.zeros((0,), config.dtype) if g is None else g for g in gradients))
-    return _weighted_sum(row_scale.value, rows), (formed, rows)
+    stored = _Parameters(
+        *(
+            None if p is None else jnp.zeros((0, *p.shape), p.dtype) if g is None else g[None]
+            for p, g in zip(parameters, gradients, strict=True)
+        )
+    )
+    return _weighted_sum(row_scale.value, rows), (stored, rows)
 
 
 def _weighted_total_bwd(config, residuals, cotangent):
-    gradients, rows = residuals
+    stored, rows = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros((), config.dtype)
-    # A placeholder stands for an input that was not perturbed, whose cotangent JAX drops (None: zeros).
-    scaled = _Parameters(*(None if g.size == 0 else (cotangent * g).astype(g.dtype) for g in gradients))
+    scaled = _Parameters(
+        *(
+            None if g is None else (cotangent * g[0]).astype(g.dtype) if g.shape[0] else jnp.zeros(g.shape[1:], g.dtype)
+            for g in stored
+        )
+    )
     return scaled, None, cotangent * rows
 
 

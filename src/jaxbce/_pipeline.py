@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import checkify
 from jax.sharding import AxisType
@@ -476,7 +477,7 @@ def _sum(terms: Terms, dtype, arrays, weight, keep, masked_values, shape, axes) 
 
     size = math.prod(shape)
     # A symbolic size (jax.export) counts as large.
-    small = not jax.export.is_symbolic_dim(size) and size < FUSIBLE_MIN_ELEMENTS
+    small = not export.is_symbolic_dim(size) and size < FUSIBLE_MIN_ELEMENTS
     if terms.fusible is None or dtype != np.float32 or small:
         return exact_sum(arrays, weight, keep)
 
