@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --durations=15
 
 # The same suite on an NVIDIA GPU: CUDA jaxlib in its own venv (the CPU venv stays light for CI).
 test-gpu:
