@@ -578,10 +578,9 @@ def linear_binary_cross_entropy(
             )
         _pipeline.check_broadcasts("weight", weight.shape, (*batch, classes), "the logits features.shape[:-1] + (C,)")
     keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
-    known = None if ignore_label is None else labels != ignore_label
-    example_keep = None if keep is None else keep[..., None]
-
     if _pipeline.value_checks_enabled():
+        known = None if ignore_label is None else labels != ignore_label
+        example_keep = None if keep is None else keep[..., None]
         for name, role, array, mask in (
             ("features", Role.LOGITS, features, example_keep),
             ("labels", Role.LABELS, labels, _both(example_keep, known)),
