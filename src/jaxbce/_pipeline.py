@@ -145,8 +145,13 @@ def sharded_like(array: jax.Array, reference: jax.Array) -> jax.Array:
     target = tuple(axes if size == own else None for axes, size, own in aligned)
     if explicit_spec(array) == target:
         return array
-    mesh = jax.typeof(reference).sharding.mesh  # so that no mesh context (jax.set_mesh) is needed
-    return jax.sharding.reshard(array, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*target)))
+    return jax.sharding.reshard(array, _on_mesh_of(reference, target))
+
+
+def _on_mesh_of(array: jax.Array, spec: tuple) -> jax.sharding.NamedSharding:
+    """``spec`` on the mesh of ``array``'s type: a sharding that needs no mesh context (``jax.set_mesh``), as
+    arrays sharded before ``jit`` come without one."""
+    return jax.sharding.NamedSharding(jax.typeof(array).sharding.mesh, jax.sharding.PartitionSpec(*spec))
 
 
 def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
@@ -162,9 +167,7 @@ def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
     explicit = [leaf for leaf in jax.tree.leaves(args) if explicit_spec(leaf) is not None]
     if not explicit:
         return fn(*args)
-    # The arguments' mesh, also where the caller entered no mesh context (arrays sharded before jit).
-    with jax.sharding.use_abstract_mesh(jax.typeof(explicit[0]).sharding.mesh):
-        return jax.sharding.auto_axes(fn, out_sharding=jax.sharding.PartitionSpec(*out_spec))(*args)
+    return jax.sharding.auto_axes(fn, out_sharding=_on_mesh_of(explicit[0], out_spec))(*args)
 
 
 def check_broadcasts(name: str, shape: tuple[int, ...], target: tuple[int, ...], first_name: str) -> None:
