@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step clean
+.PHONY: demo test test-thorough test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n auto --durations=15
+
+# The property tests with 2,000 new examples each (tests/conftest.py's "thorough" hypothesis profile).
+test-thorough: $(STAMP)
+	$(BIN)/python -m pytest -n auto --hypothesis-profile=thorough --hypothesis-show-statistics tests/test_properties.py
 
 # The same suite on an NVIDIA GPU: CUDA jaxlib in its own venv (the CPU venv stays light for CI).
 test-gpu:

@@ -44,14 +44,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]
 
 from measure import figure  # noqa: E402  (bench/measure.py, beside this script)
 
 import jaxbce  # noqa: E402
 from common import optional, textbook_bce  # noqa: E402
-from jaxbce._pipeline import Role  # noqa: E402
-from jaxbce._registry import LOSSES  # noqa: E402
+from jaxbce._arguments import Role  # noqa: E402
+from loss_table import LOSSES  # noqa: E402  (tests/loss_table.py: roles of each loss's arguments)
 
 CASES = {
     "float32 + float32 labels": (jnp.float32, jnp.float32),

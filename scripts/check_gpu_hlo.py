@@ -141,10 +141,10 @@ def main(platform: str) -> int:
     # conditional); on the device platform_dependent compiles only the exact sum.
     large = jax.ShapeDtypeStruct((1 << 16,), jnp.float32, sharding=NamedSharding(mesh, P()))
     fused_on_cpu = {
-        "binary_cross_entropy_with_logits": (LOSSES["binary_cross_entropy_with_logits"].function, 2),
+        "binary_cross_entropy_with_logits": (LOSSES["binary_cross_entropy_with_logits"], 2),
         # Bool labels: the BCE from probabilities has fusible terms only for hard labels.
-        "binary_cross_entropy": (lambda p, y: LOSSES["binary_cross_entropy"].function(p, y > 0.5), 2),
-        "binary_entropy": (LOSSES["binary_entropy"].function, 1),
+        "binary_cross_entropy": (lambda p, y: LOSSES["binary_cross_entropy"](p, y > 0.5), 2),
+        "binary_entropy": (LOSSES["binary_entropy"], 1),
     }
     for name, (loss, arguments) in fused_on_cpu.items():
         for mode, function in (("mean", loss), ("value_and_grad of the mean", jax.value_and_grad(loss))):

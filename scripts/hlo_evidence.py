@@ -9,6 +9,7 @@ fusion turned off, so that no op is counted twice), whether or not the barriers 
 """
 
 import collections
+import inspect
 import re
 
 import jax
@@ -52,10 +53,11 @@ ROUTINES = {
 
 def _loss_value_and_grad(name):
     loss = LOSSES[name]
-    count = len(loss.positional)
+    parameters = inspect.signature(loss).parameters.values()
+    count = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
 
     def value_and_grad(*arrays):
-        return jax.value_and_grad(lambda x, *rest: loss.function(x, *rest))(*arrays)
+        return jax.value_and_grad(lambda x, *rest: loss(x, *rest))(*arrays)
 
     return value_and_grad, count
 

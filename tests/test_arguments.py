@@ -1,6 +1,6 @@
 """Arguments mean one thing everywhere, and a mistake is an error that names the argument and the fix.
 
-One test per rule, driven by the registry (``jaxbce._registry.LOSSES``) where the rule is shared, so that a new
+One test per rule, driven by the loss table (``tests/loss_table.py``) where the rule is shared, so that a new
 loss gets it for free; then a sweep of every public function and every array argument with the values a tired
 user passes (None, a string, a list, a wrong dtype, a wrong rank, a NumPy scalar, a traced value).
 """
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import jaxbce
-from jaxbce._pipeline import Role
-from jaxbce._registry import LOSSES
+from jaxbce._arguments import Role
+from loss_table import LOSSES
 
 HUGE = 3.4e38  # near the largest float32: softplus and its derivatives overflow to inf
 

@@ -9,8 +9,8 @@ import pytest
 from jax import export
 
 import jaxbce
-from jaxbce._pipeline import Role
-from jaxbce._registry import LOSSES
+from jaxbce._arguments import Role
+from loss_table import LOSSES
 
 CLASSES, FEATURES = 5, 4
 

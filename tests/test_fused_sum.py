@@ -1,6 +1,6 @@
-"""The fused sums (``_pipeline._sum``) of the BCE with logits, the BCE from probabilities with hard labels and the
-binary entropy: on CPU, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` terms are taken of select-free terms in
-one YNNPACK pass, the exact path runs where that sum is NaN or tiny, and every derivative is the exact core's.
+"""The fused sums (``_reductions.sum_terms``) of the BCE with logits, the BCE from probabilities with hard labels
+and the binary entropy: on CPU, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` terms are taken of select-free
+terms in one YNNPACK pass, the exact path runs where that sum is NaN or tiny, and every derivative is the exact core's.
 References: 50-digit mpmath (tests/reference.py) for the terms, float64 NumPy (examples/common.py's
 ``bce_float64``) for sums, and the exact path itself (the elementwise losses, ``reduction="none"``) for what
 must not change."""
@@ -17,8 +17,10 @@ import pytest
 
 import reference
 from jaxbce import (
+    _arguments,
     _elementwise,
     _pipeline,
+    _reductions,
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     binary_entropy,
@@ -28,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples")
 from common import bce_float64
 
 EPS32 = float(np.finfo(np.float32).eps)
-N = 2 * _pipeline.FUSIBLE_MIN_ELEMENTS
+N = 2 * _reductions.FUSIBLE_MIN_ELEMENTS
 SETTINGS = ((1.0, 0.0), (3.0, 0.0), (0.3, 0.0), (1.0, 0.1))
 LABELS = (0.0, 1.0, 0.05, 0.3, 0.7, 1 - 1e-3)
 
@@ -132,11 +134,11 @@ def test_sums_of_flushed_terms_take_the_exact_path(name, loss, logit, label, opt
     90 * sigmoid(-90) in the entropy): their sum is below n * 2**-64, so it is the exact path's (bitwise the sum
     of the elementwise losses), within 2 eps of 50-digit mpmath up to the subnormal parts of each term, where
     the fusible sum would be 0."""
-    x = jnp.full(2 * _pipeline.FUSIBLE_MIN_ELEMENTS, logit, jnp.float32)
+    x = jnp.full(2 * _reductions.FUSIBLE_MIN_ELEMENTS, logit, jnp.float32)
     arrays = (x,) if label is None else (x, jnp.full_like(x, label))
     got = loss(*arrays, **options, reduction="sum")
     terms = loss(*arrays, **options, reduction="none")
-    np.testing.assert_array_equal(got, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms))
+    np.testing.assert_array_equal(got, jax.jit(lambda t: jnp.sum(_reductions.rounded(t)))(terms))
     ref = reference.value(name, logit, *arrays[1:2] and (label,), *options.values()) * x.size
     subnormal_parts = x.size * np.finfo(np.float32).tiny
     assert ref > 4 * subnormal_parts
@@ -156,11 +158,11 @@ def test_sums_of_flushed_terms_take_the_exact_path(name, loss, logit, label, opt
 def test_which_sum_runs(term, fusible_term, masked_row, fused):
     """A loss whose exact and fusible terms differ by design (constants), summed per row (axis=-1): the result
     says which sum ran. The fused one runs unless its sum is NaN or below n * 2**-64 for n kept terms."""
-    loss = _pipeline.Terms(lambda x: jnp.full_like(x, term), lambda x: jnp.full_like(x, fusible_term))
+    loss = _reductions.Terms(lambda x: jnp.full_like(x, term), lambda x: jnp.full_like(x, fusible_term))
     x = jnp.zeros((8, C), jnp.float32)
     where = jnp.ones(x.shape, bool).at[7].set(not masked_row)
     total = _pipeline.compute_loss(
-        loss, [_pipeline.Arg("logits", x, _pipeline.Role.LOGITS)], weight=None, where=where, axis=-1, reduction="sum"
+        loss, [_arguments.Arg("logits", x, _arguments.Role.LOGITS)], weight=None, where=where, axis=-1, reduction="sum"
     )
     expected = np.full(8, C * (fusible_term if fused else term), np.float32)
     if masked_row:
@@ -175,12 +177,12 @@ def test_probabilities_with_float_labels_take_the_exact_path():
     y = (p > 0.3).astype(jnp.float32)
     terms = binary_cross_entropy(p, y, reduction="none")
     np.testing.assert_array_equal(
-        binary_cross_entropy(p, y, reduction="sum"), jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms)
+        binary_cross_entropy(p, y, reduction="sum"), jax.jit(lambda t: jnp.sum(_reductions.rounded(t)))(terms)
     )
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("n", [_pipeline.FUSIBLE_MIN_ELEMENTS, 1 << 14, 1 << 18])
+@pytest.mark.parametrize("n", [_reductions.FUSIBLE_MIN_ELEMENTS, 1 << 14, 1 << 18])
 def test_fused_sum_against_float64(seed, n):
     """The fused sum and mean are within 2 eps of the float64 sum of the float64 terms (summation included;
     measured at most 0.9 eps)."""
@@ -214,10 +216,10 @@ def test_value_and_grad_is_one_pass_for_the_value_and_one_for_the_gradient(loss)
 def test_small_sums_take_the_exact_path():
     """Below FUSIBLE_MIN_ELEMENTS elements the sum is the exact terms' (bitwise the elementwise losses' sum), and one
     term is within the contract's 1.5 eps of mpmath."""
-    x, y = _inputs(1, _pipeline.FUSIBLE_MIN_ELEMENTS - 1)
+    x, y = _inputs(1, _reductions.FUSIBLE_MIN_ELEMENTS - 1)
     total = binary_cross_entropy_with_logits(x, y, reduction="sum")
     terms = binary_cross_entropy_with_logits(x, y, reduction="none")
-    np.testing.assert_array_equal(total, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms))
+    np.testing.assert_array_equal(total, jax.jit(lambda t: jnp.sum(_reductions.rounded(t)))(terms))
     grid = reference.logit_grid(np.float32)
     for label in (0.0, 1.0):
         ref = reference.bce_with_logits(grid, np.full_like(grid, label))[0]
@@ -225,7 +227,7 @@ def test_small_sums_take_the_exact_path():
         assert reference.eps_error(got, ref[::97], dtype=np.float32).max() <= 1.5
 
 
-C = _pipeline.FUSIBLE_MIN_ELEMENTS
+C = _reductions.FUSIBLE_MIN_ELEMENTS
 CASES = {
     "plain": {},
     "pos_weight": {"pos_weight": jnp.linspace(0.5, 3.0, C, dtype=jnp.float32)},
@@ -350,7 +352,7 @@ def test_non_finite_inputs_take_the_exact_path(logit, label, weight):
     w = jnp.ones_like(x).at[7].set(weight)
     value, grad = jax.value_and_grad(lambda x: binary_cross_entropy_with_logits(x, y, weight=w, reduction="sum"))(x)
     terms = binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")
-    expected = jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms)
+    expected = jax.jit(lambda t: jnp.sum(_reductions.rounded(t)))(terms)
     np.testing.assert_array_equal(value, expected)
     exact_grad = jax.grad(lambda x: jnp.sum(binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")))(x)
     np.testing.assert_array_equal(grad, exact_grad)
@@ -375,7 +377,7 @@ def test_masked_garbage_reaches_neither_value_nor_gradient(name, garbage):
         return loss(x, y, where=where, reduction="none", **weight)
 
     value, grad = jax.value_and_grad(total)(x)
-    np.testing.assert_array_equal(value, jax.jit(lambda t: jnp.sum(_pipeline.rounded(t)))(terms(x)))
+    np.testing.assert_array_equal(value, jax.jit(lambda t: jnp.sum(_reductions.rounded(t)))(terms(x)))
     assert np.isfinite(value)
     np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(terms(x)))(x))
     assert np.all(np.asarray(grad)[:, ~np.asarray(where)] == 0)

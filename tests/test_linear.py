@@ -399,7 +399,7 @@ class ErrorsTest(parameterized.TestCase):
 
     def test_kernel_shape(self):
         p = _problem()
-        with pytest.raises(ValueError, match=r"kernel must have shape \(D, C\) with D = features.shape\[-1\] = 7"):
+        with pytest.raises(ValueError, match=r"kernel must have shape \(features.shape\[-1\], C\) = \(7, 'C'\)"):
             jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"].T, p["labels"].T)
         with pytest.raises(TypeError, match="kernel must have a real floating dtype"):
             jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"].astype(np.int32), p["labels"])

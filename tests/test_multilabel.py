@@ -16,8 +16,8 @@ from jax.sharding import PartitionSpec as P
 
 import jaxbce
 import reference
-from jaxbce._pipeline import Role
-from jaxbce._registry import LOSSES
+from jaxbce._arguments import Role
+from loss_table import LOSSES
 
 NAMES = list(LOSSES)
 WITH_LABELS = [name for name, loss in LOSSES.items() if any(role is Role.LABELS for _, role in loss.arrays)]

@@ -16,12 +16,12 @@ from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import jaxbce
-from jaxbce._pipeline import Role
-from jaxbce._registry import LOSSES
+from jaxbce._arguments import Role
+from loss_table import LOSSES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, CLASSES = 16, 8
-# Large enough for the fused CPU sum of binary_cross_entropy_with_logits (_pipeline.FUSIBLE_MIN_ELEMENTS).
+# Large enough for the fused CPU sum of binary_cross_entropy_with_logits (_reductions.FUSIBLE_MIN_ELEMENTS).
 FUSED_SHAPE = (64, 128)
 
 

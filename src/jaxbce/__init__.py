@@ -18,7 +18,7 @@ from jaxbce._losses import (
     binary_kl_divergence,
     sigmoid_focal_loss,
 )
-from jaxbce._pipeline import checked, value_checks
+from jaxbce._value_checks import checked, value_checks
 from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxbce import _double_word as dw
 from jaxbce._focal import accurate_q_power, sigmoid_focal
-from jaxbce._numerics import corrected, define_partials, neg_abs, sigmoid, sigmoid_pair, softplus
+from jaxbce._numerics import corrected, define_partials, neg_abs, sigmoid, sigmoid_pair, softplus, weighted
 
 # Below this p_m, -log(1 - p_m) is summed as a series (see the module docs).
 _SERIES_BELOW = 1 / 16
@@ -191,9 +191,4 @@ def asymmetric(
         plain_positive, plain_negative = _focusing_weights_stopped(x, gamma_pos, gamma_neg, clip)
         positive, negative = corrected(plain_positive, positive), corrected(plain_negative, negative)
     positive_weight = y if pos_weight is None else pos_weight * y
-    return _weighted(positive_weight, positive) + _weighted(1 - y, negative)
-
-
-def _weighted(coefficient, term):
-    # coefficient * term with 0 * inf = 0; the derivative in the coefficient stays the term where it is finite.
-    return jnp.where((coefficient == 0) & jnp.isinf(term), 0, coefficient * term)
+    return weighted(positive_weight, positive) + weighted(1 - y, negative)

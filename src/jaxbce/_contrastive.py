@@ -6,7 +6,7 @@ Every image-text pair of a batch is one binary classification, positive on the d
 
 which is :func:`jaxbce.linear_binary_cross_entropy` with the images as features, ``logit_scale * texts.T``
 as the kernel and one positive class per row. So this module adds no loss formula and no chunked loop of its
-own: each block of pairs goes through ``_linear._row_losses_and_gradients`` (the same BCE core and gradient
+own: each block of pairs goes through ``_chunks.row_losses_and_gradients`` (the same BCE core and gradient
 rule, chunked over texts), and what is here is how blocks are visited and how their gradients are gathered.
 
 Why a custom VJP with the gradients formed in the forward pass. The loss is a scalar, so as in
@@ -37,8 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbce import _linear, _pipeline
-from jaxbce._pipeline import Arg, Role
+from jaxbce import _chunks
+from jaxbce._arguments import Role, as_mask, check_chunk_size, check_shape, checked_array, compute_dtype
+from jaxbce._jit import jit_loss
+from jaxbce._numerics import weighted
+from jaxbce._sharding import with_auto_axes
+from jaxbce._value_checks import register_value_checks, value_checks_enabled
 
 # Image rows per block on one device, and texts per chunk of a block: about 2^20 pairs (4 MiB of float32
 # logits, and as much for their gradient), half of _linear's chunk, so that the ring's temporaries stay below
@@ -68,27 +72,27 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     ``row_offset + i`` (a negative or out-of-range offset: no positive). Returns the row losses and, if
     ``gradients``, the gradients of ``sum(row_scale * row_losses)``."""
     rows, classes = images.shape[0], texts.shape[0]
-    layout = _linear._choose_layout(classes, rows, config.chunk_size or max(256, _BLOCK_ELEMENTS // rows))
-    linear_config = _linear._Config(layout, 0.0, None, config.precision, config.dtype)
+    layout = _chunks.choose_layout(classes, rows, config.chunk_size or max(256, _BLOCK_ELEMENTS // rows))
+    linear_config = _chunks.Config(layout, 0.0, None, config.precision, config.dtype)
     kernel = scale * texts.T
-    parameters = _linear._Parameters(
+    parameters = _chunks.Parameters(
         features=images,
-        kernel=_linear._by_chunk(kernel, layout),
-        bias=_linear._by_chunk(jnp.broadcast_to(bias, (classes,)), layout),
+        kernel=_chunks.by_chunk(kernel, layout),
+        bias=_chunks.by_chunk(jnp.broadcast_to(bias, (classes,)), layout),
         pos_weight=None,
     )
     positive = row_offset + jnp.arange(rows)
-    targets = _linear._Targets(
+    targets = _chunks.Targets(
         labels=None,
         positives=jnp.where((positive >= 0) & (positive < classes), positive, -1)[:, None],
         keep=None,
-        classes_kept=None if texts_kept is None else _linear._by_chunk(texts_kept, layout, fill=False),
+        classes_kept=None if texts_kept is None else _chunks.by_chunk(texts_kept, layout, fill=False),
     )
     if not gradients:
-        return _linear._row_losses_value(linear_config, parameters, targets), None
-    wanted = _linear._Parameters(True, True, True, False, False)
-    losses, grads = _linear._row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
-    d_kernel = _linear._from_chunks(grads.kernel, layout)  # (D, T)
+        return _chunks.row_losses(linear_config, parameters, targets), None
+    wanted = _chunks.Parameters(True, True, True, False, False)
+    losses, grads = _chunks.row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
+    d_kernel = _chunks.from_chunks(grads.kernel, layout)  # (D, T)
     return losses, _Gradients(
         images=grads.features,
         texts=scale * d_kernel.T,
@@ -110,7 +114,7 @@ def _single_device(config: _Config, images, texts, scale, bias, row_scale, kept,
         losses, block = _block(
             config, padded_images[i], texts, scale, bias, padded_scale[i], i * config.rows, kept, gradients=gradients
         )
-        total = total + jnp.sum(_linear._weighted(padded_scale[i], losses))
+        total = total + jnp.sum(weighted(padded_scale[i], losses))
         if gradients:
             grads = _Gradients(
                 images=jax.lax.dynamic_update_index_in_dim(grads.images, block.images, i, axis=0),
@@ -141,7 +145,7 @@ def _ring(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradi
         losses, block = _block(
             config, images, visiting, scale, bias, row_scale, offset, visiting_kept, gradients=gradients
         )
-        total = total + jnp.sum(_linear._weighted(row_scale, losses))
+        total = total + jnp.sum(weighted(row_scale, losses))
         if gradients:
             d_visiting = d_visiting + block.texts
             grads = _Gradients(
@@ -150,7 +154,7 @@ def _ring(config: _Config, images, texts, scale, bias, row_scale, kept, *, gradi
         visiting, visiting_kept, d_visiting = jax.lax.ppermute((visiting, visiting_kept, d_visiting), axis, to_previous)
         return total, visiting, visiting_kept, d_visiting, grads
 
-    zero = _linear._zeros((), config.dtype, images, texts)
+    zero = _chunks.zeros((), config.dtype, images, texts)
     grads = _Gradients(jnp.zeros_like(images), None, zero, zero) if gradients else None
     d_texts = jnp.zeros_like(texts) if gradients else None
     carry = (zero, texts, kept, d_texts, grads)
@@ -206,7 +210,7 @@ def _check_axis_name(axis_name) -> None:
             ) from None
 
 
-@_pipeline.jit_loss
+@jit_loss(static=("axis_name", "chunk_size", "precision"))
 def sigmoid_contrastive_loss(
     image_embeddings: jax.typing.ArrayLike,
     text_embeddings: jax.typing.ArrayLike,
@@ -274,35 +278,30 @@ def sigmoid_contrastive_loss(
       >>> -jnp.sum(jax.nn.log_sigmoid((2 * jnp.eye(3) - 1) * logits)) / 3
       Array(0.789896, dtype=float32)
     """
-    images = _pipeline.as_checked_array(Arg("image_embeddings", image_embeddings, Role.LOGITS))
-    texts = _pipeline.as_checked_array(Arg("text_embeddings", text_embeddings, Role.LOGITS))
+    images = checked_array("image_embeddings", image_embeddings, Role.LOGITS)
+    texts = checked_array("text_embeddings", text_embeddings, Role.LOGITS)
     if images.ndim != 2 or texts.shape != images.shape:
         raise ValueError(
             f"image_embeddings and text_embeddings must both have shape (B, D), got {images.shape} and {texts.shape}"
         )
-    scale = _pipeline.as_checked_array(Arg("logit_scale", logit_scale, Role.LOGITS))
-    bias = _pipeline.as_checked_array(Arg("logit_bias", 0.0 if logit_bias is None else logit_bias, Role.LOGITS))
-    for name, value in (("logit_scale", scale), ("logit_bias", bias)):
-        if value.shape != ():
-            raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
-    _linear.check_chunk_size(chunk_size)
+    scale = checked_array("logit_scale", logit_scale, Role.LOGITS)
+    bias = checked_array("logit_bias", 0.0 if logit_bias is None else logit_bias, Role.LOGITS)
+    check_shape("logit_scale", scale, (), "()")
+    check_shape("logit_bias", bias, (), "()")
+    check_chunk_size(chunk_size)
     _check_axis_name(axis_name)
     batch = images.shape[0]
     out_dtype = jnp.result_type(images.dtype, texts.dtype)
-    dtype = _pipeline.compute_dtype(jnp.result_type(out_dtype, scale.dtype, bias.dtype))
-    keep = None if where is None else _pipeline.as_mask(where, (batch,), "the batch (B,)")
-    if keep is not None and keep.shape != (batch,):
-        raise ValueError(f"where must have shape (B,) = {(batch,)}, got {keep.shape}")
+    dtype = compute_dtype(jnp.result_type(out_dtype, scale.dtype, bias.dtype))
+    keep = None if where is None else as_mask(where, (batch,), "the batch (B,)")
+    check_shape("where", keep, (batch,), "(B,)")
 
-    if _pipeline.value_checks_enabled():
+    if value_checks_enabled():
         row_keep = None if keep is None else keep[:, None]
-        for name, array, mask in (
-            ("image_embeddings", images, row_keep),
-            ("text_embeddings", texts, row_keep),
-            ("logit_scale", scale, None),
-            ("logit_bias", bias, None),
-        ):
-            _pipeline.register_value_checks(name, Role.LOGITS, array, mask)
+        register_value_checks("image_embeddings", Role.LOGITS, images, row_keep)
+        register_value_checks("text_embeddings", Role.LOGITS, texts, row_keep)
+        register_value_checks("logit_scale", Role.LOGITS, scale, None)
+        register_value_checks("logit_bias", Role.LOGITS, bias, None)
 
     images, texts = images.astype(dtype), texts.astype(dtype)
     kept = jnp.asarray(batch, dtype)
@@ -322,7 +321,7 @@ def sigmoid_contrastive_loss(
     scale, bias = scale.astype(dtype), bias.astype(dtype)
     if axis_name is None:
         total = functools.partial(_total, config)
-        return _pipeline.with_auto_axes(total, images, texts, scale, bias, row_scale, keep).astype(out_dtype)
-    scale, bias = _linear._vary_together((scale, bias), images, texts)
+        return with_auto_axes(total, images, texts, scale, bias, row_scale, keep).astype(out_dtype)
+    scale, bias = _chunks.vary_together((scale, bias), images, texts)
     share = _total(config, images, texts, scale, bias, row_scale, keep)
     return jax.lax.psum(share, axis_name).astype(out_dtype)

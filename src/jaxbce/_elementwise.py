@@ -24,7 +24,7 @@ from jaxbce._numerics import (
     softplus_nonpositive,
     softplus_of_abs_fusible,
     times,
-    zero_times,
+    weighted,
 )
 
 
@@ -52,10 +52,10 @@ def bce_with_logits(x: jax.Array, y: jax.Array, pos_weight: jax.Array | None, la
     positive, negative = smoothed_labels(y, label_smoothing)
     # pw * (y * |x|), not (pw * y) * |x|: a tiny pos_weight times a label can be subnormal (flushed to 0)
     # where the whole term is a normal number.
-    positive_term = zero_times(positive, -nx)
+    positive_term = weighted(positive, -nx)
     if pos_weight is not None:
-        positive_term = zero_times(pos_weight, positive_term)
-    linear = jnp.where(x > 0, zero_times(negative, -nx), positive_term)
+        positive_term = weighted(pos_weight, positive_term)
+    linear = jnp.where(x > 0, weighted(negative, -nx), positive_term)
     return linear + softplus_nonpositive(nx, c)
 
 
@@ -71,11 +71,11 @@ def _bce_with_logits_partials(label_smoothing, x, y, pos_weight):
 
     def d_labels():
         # d/dy_s times dy_s/dy = 1 - s; without pos_weight d/dy_s = softplus(-x) - softplus(x) = -x exactly.
-        d = -x if pos_weight is None else zero_times(pos_weight, softplus(-x)) - softplus(x)
+        d = -x if pos_weight is None else weighted(pos_weight, softplus(-x)) - softplus(x)
         return d if label_smoothing == 0 else d * (1 - label_smoothing)
 
     def d_pos_weight():
-        return zero_times(smoothed_labels(y, label_smoothing)[0], softplus(-x))
+        return weighted(smoothed_labels(y, label_smoothing)[0], softplus(-x))
 
     return d_logits, d_labels, d_pos_weight
 
@@ -84,7 +84,7 @@ def bce_with_logits_fusible(
     x: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
 ) -> jax.Array:
     """The value of :func:`bce_with_logits` in operations that XLA:CPU fuses into a sum
-    (:func:`jaxbce._numerics.softplus_of_abs_fusible`), for the sums of ``_pipeline._sum``: no derivative.
+    (:func:`jaxbce._numerics.softplus_of_abs_fusible`), for the sums of ``_reductions.sum_terms``: no derivative.
 
     ``(1-y) max(x, 0) + pw y max(-x, 0)`` is ``a |x|`` exactly (one of the two is 0). An infinite logit against a
     zero coefficient is ``0 * inf = NaN`` here, where :func:`bce_with_logits` gives 0: the NaN sends the sum to
@@ -142,7 +142,7 @@ def bce_with_probabilities(
     log_p, log_not_p = _clamped_logs(p)
     positive_term = positive * log_p
     if pos_weight is not None:
-        positive_term = zero_times(pos_weight, positive_term)
+        positive_term = weighted(pos_weight, positive_term)
     return -(positive_term + negative * log_not_p)
 
 
@@ -150,7 +150,7 @@ def bce_with_probabilities_fusible(
     p: jax.Array, y: jax.Array, pos_weight: jax.Array | None, label_smoothing: float
 ) -> jax.Array:
     """The value of :func:`bce_with_probabilities` in operations that XLA:CPU fuses into a sum, for the sums of
-    ``_pipeline._sum``: no derivative. The logs are clamped as there, so no term is infinite."""
+    ``_reductions.sum_terms``: no derivative. The logs are clamped as there, so no term is infinite."""
     positive, negative = smoothed_labels(y, label_smoothing, *opaque_constants(p.dtype, 1))
     log_p, log_not_p = _clamped_logs_fusible(p)
     positive_term = positive * log_p
@@ -196,7 +196,7 @@ def binary_entropy(x: jax.Array) -> jax.Array:
 
 def binary_entropy_fusible(x: jax.Array) -> jax.Array:
     """The value of :func:`binary_entropy` in operations that XLA:CPU fuses into a sum, for the sums of
-    ``_pipeline._sum``: no derivative. ``|x| * sigmoid(-|x|)`` is 0 rather than a number below ``|x| * 2**-126``
+    ``_reductions.sum_terms``: no derivative. ``|x| * sigmoid(-|x|)`` is 0 rather than a number below ``|x| * 2**-126``
     where ``sigmoid(-|x|)`` is subnormal (|x| > 87.3; XLA flushes it), and NaN at |x| = inf (``inf * 0``)."""
     ax = jnp.abs(x)
     (one,) = opaque_constants(x.dtype, 1)
@@ -272,6 +272,7 @@ def _binary_kl_divergence_partials(x, t):
         return jnp.where((x == t) & jnp.isinf(x), 0, jnp.where(x > t, above, below))
 
     def d_target_logits():
-        return -zero_times(sigmoid(t) * sigmoid(-t), x - t)
+        # x - t is inf - inf = NaN at infinite x == t, where sigmoid(t) * sigmoid(-t) is 0 and so is the derivative.
+        return -weighted(sigmoid(t) * sigmoid(-t), jnp.where((x == t) & jnp.isinf(x), 0, x - t))
 
     return d_logits, d_target_logits

@@ -30,7 +30,7 @@ from jaxbce._numerics import (
     sigmoid_pair,
     smoothed_labels,
     times,
-    zero_times,
+    weighted,
 )
 
 
@@ -167,7 +167,7 @@ def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: jax.Array | None, gamma: fl
     terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
     scale = terms.factor if terms.alpha_t is None else dw.multiply(terms.factor, terms.alpha_t)
     # An infinite bce (an infinite logit against its label) times a zero factor is 0.
-    return jnp.where(jnp.isinf(ce), zero_times(scale.hi, ce), dw.value(dw.multiply(scale, ce)))
+    return jnp.where(jnp.isinf(ce), weighted(scale.hi, ce), dw.value(dw.multiply(scale, ce)))
 
 
 @define_partials(sigmoid_focal)
@@ -180,9 +180,9 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
     def product_rule(d_factor, d_ce):
         # (factor * ce)' = factor' ce + factor ce', with 0 * inf = 0 on both sides: factor' = 0 where ce is
         # infinite (infinite logits), and factor = 0 where ce' is infinite.
-        d = zero_times(factor, d_ce)
+        d = weighted(factor, d_ce)
         if gamma:
-            d = d + zero_times(d_factor(), ce)
+            d = d + weighted(d_factor(), ce)
         return times(alpha_t, d)
 
     def d_logits():
@@ -207,12 +207,12 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
         # d/dy_s, then dy_s/dy = 1 - s: ce' = -x, alpha_t' = 2 alpha - 1.
         d = product_rule(lambda: _q_power_label_slope(x, positive, negative, gamma), -x)
         if alpha is not None:
-            d = d + (2 * alpha - 1) * zero_times(factor, ce)
+            d = d + (2 * alpha - 1) * weighted(factor, ce)
         return d * (1 - label_smoothing)
 
     def d_alpha():
         # alpha_t' = y_s - (1 - y_s); the rest of the loss is factor * ce (0 * inf = 0 as above).
-        return (positive - negative) * zero_times(factor, ce)
+        return (positive - negative) * weighted(factor, ce)
 
     return d_logits, d_labels, d_alpha
 

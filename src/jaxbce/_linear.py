@@ -29,231 +29,31 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from jaxbce import _elementwise, _pipeline
-from jaxbce._pipeline import Arg, Role, check_fraction, jit_loss
+from jaxbce import _chunks
+from jaxbce._arguments import (
+    Role,
+    as_mask,
+    check_broadcasts,
+    check_chunk_size,
+    check_fraction,
+    check_ignore_label,
+    check_reduction,
+    check_shape,
+    checked_array,
+    compute_dtype,
+    optional_array,
+)
+from jaxbce._jit import jit_loss
+from jaxbce._numerics import weighted
+from jaxbce._reductions import denominator
+from jaxbce._sharding import explicit_spec, with_auto_axes
+from jaxbce._value_checks import check_values, register_value_checks, value_checks_enabled
 
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
-# A chunk's float32 logits and their gradient are about this many elements each: 8 MiB, small next to a
-# kernel worth chunking, and large enough that each matmul runs at full speed (2^21 / 1024 rows = 2048
-# classes per chunk).
-_CHUNK_ELEMENTS = 2**21
-# Below this many classes a matmul chunk is too thin to run at full speed.
-_MIN_CHUNK = 256
-
-
-class _Layout(NamedTuple):
-    classes: int  # C
-    chunk: int  # classes per chunk
-    chunks: int  # n; chunk * chunks >= C, and chunk j holds the classes j + n * i
-
-    @property
-    def padding(self) -> int:
-        return self.chunk * self.chunks - self.classes
-
-    @property
-    def padded(self) -> bool:
-        """Whether the last chunk has padding classes (assumed where C is a symbolic dimension)."""
-        return not isinstance(self.padding, int) or self.padding > 0
-
-
-class _Config(NamedTuple):
-    """What the loop needs besides arrays: static and hashable."""
-
-    layout: _Layout
-    label_smoothing: float
-    ignore_label: float | None
-    precision: Any
-    dtype: np.dtype  # compute dtype of logits, losses and gradients
-
-
-class _Parameters(NamedTuple):
-    """The differentiable arrays, classes laid out as ``(..., chunk, chunks)``."""
-
-    features: jax.Array  # (N, D), masked rows zeroed
-    kernel: jax.Array  # (D, chunk, chunks)
-    bias: jax.Array | None  # (chunk, chunks)
-    pos_weight: jax.Array | None  # (chunk, chunks)
-    weight: jax.Array | None = None  # per class (chunk, chunks) or per element (N, chunk, chunks)
-
-
-class _Targets(NamedTuple):
-    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row and class masks."""
-
-    labels: jax.Array | None
-    positives: jax.Array | None
-    keep: jax.Array | None  # (N,) bool
-    classes_kept: jax.Array | None = None  # (chunk, chunks) bool: the contrastive loss's padded columns
-
-
-def check_chunk_size(chunk_size) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive Python int, got {chunk_size!r}")
-
-
-def _choose_layout(classes: int, rows: int, chunk_size: int | None) -> _Layout:
-    check_chunk_size(chunk_size)
-    target = chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
-    if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
-        return _Layout(classes, target, -(-classes // target))
-    chunks = -(-classes // target)
-    if chunk_size is None:
-        # Prefer a number of chunks that divides C (no padded copy of the kernel), at most halving the chunk.
-        chunks = next((n for n in range(chunks, 2 * chunks + 1) if classes % n == 0), chunks)
-    chunks = max(chunks, 1)
-    return _Layout(classes, -(-classes // chunks), chunks)
-
-
-def _by_chunk(array: jax.Array, layout: _Layout, fill=0) -> jax.Array:
-    """``(..., C)`` as ``(..., chunk, chunks)``; a copy padded with ``fill`` only where C is not a multiple."""
-    if layout.padded:
-        array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, layout.padding)], constant_values=fill)
-    return array.reshape(*array.shape[:-1], layout.chunk, layout.chunks)
-
-
-def _from_chunks(array: jax.Array, layout: _Layout) -> jax.Array:
-    """The inverse of ``_by_chunk``: ``(..., chunk, chunks)`` back to ``(..., C)``."""
-    return array.reshape(*array.shape[:-2], layout.chunk * layout.chunks)[..., : layout.classes]
-
-
-def _take(array: jax.Array | None, j: jax.Array) -> jax.Array | None:
-    """Chunk ``j`` of an array laid out by ``_by_chunk``."""
-    return None if array is None else jax.lax.dynamic_index_in_dim(array, j, axis=-1, keepdims=False)
-
-
-def _put(array: jax.Array, chunk: jax.Array, j: jax.Array) -> jax.Array:
-    """``array`` with chunk ``j`` replaced by ``chunk`` (in place inside the loop)."""
-    return jax.lax.dynamic_update_index_in_dim(array, chunk.astype(array.dtype), j, axis=-1)
-
-
-def _dot(config: _Config, a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
-    dimensions = (((contract[0],), (contract[1],)), ((), ()))
-    return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
-
-
-def _chunk_labels(targets: _Targets, j: jax.Array, config: _Config) -> tuple[jax.Array, jax.Array | None]:
-    """The labels of chunk ``j`` and, with ``ignore_label``, which of them are known (None: all)."""
-    layout = config.layout
-    if targets.labels is not None:
-        labels = _take(targets.labels, j)
-        known = None if config.ignore_label is None else labels != config.ignore_label
-        keep = _both(None if targets.keep is None else targets.keep[:, None], known)
-        labels = labels.astype(config.dtype)
-        # Masked rows may hold NaN labels (padding), ignored elements their ignore label; the core sees 0 there,
-        # as in the elementwise losses.
-        return (labels if keep is None else jnp.where(keep, labels, 0)), known
-    positives = targets.positives
-    here = (positives >= 0) & (positives % layout.chunks == j)
-    index = jnp.where(here, positives // layout.chunks, layout.chunk)  # out of bounds: dropped
-    # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
-    # indices); a repeated class is set twice, counted once.
-    zeros = jnp.zeros((layout.chunk,), config.dtype)
-    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index), None
-
-
-def _both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
-    """a & b, for masks of which None means all True."""
-    return b if a is None else a if b is None else a & b
-
-
-def _chunk_inputs(parameters: _Parameters, targets: _Targets, j: jax.Array, config: _Config):
-    """Logits, labels, pos_weight, weight and element mask (padded classes and ignored labels; None for none) of
-    chunk ``j``."""
-    logits = _dot(config, parameters.features, _take(parameters.kernel, j), contract=(1, 0))
-    if parameters.bias is not None:
-        logits = logits + _take(parameters.bias, j).astype(config.dtype)
-    pos_weight, weight = _take(parameters.pos_weight, j), _take(parameters.weight, j)
-    pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
-    valid = None
-    if config.layout.padded:
-        valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
-    labels, known = _chunk_labels(targets, j, config)
-    return logits, labels, pos_weight, weight, _both(_both(valid, known), _take(targets.classes_kept, j))
-
-
-def _elementwise_loss(config: _Config, logits, labels, pos_weight, weight, valid) -> jax.Array:
-    loss = _elementwise.bce_with_logits(logits, labels, pos_weight, config.label_smoothing)
-    if weight is not None:
-        loss = _weighted(weight, loss)  # a zero weight removes its element even where its loss is infinite
-    return loss if valid is None else jnp.where(valid, loss, 0)
-
-
-def _zeros(shape, dtype, *inputs) -> jax.Array:
-    """Zeros that vary over the ``shard_map`` axes that any of ``inputs`` varies over (``zeros_like`` keeps
-    them; outside ``shard_map`` there are none): a loop carry must have the type of what the body makes of it."""
-    zero = sum(jnp.zeros_like(leaf, dtype=dtype, shape=()) for leaf in jax.tree.leaves(inputs))
-    return jnp.zeros(shape, dtype) + zero
-
-
-def _vary_together(tree, *inputs):
-    """``tree`` with each leaf varying over every ``shard_map`` axis that ``inputs`` vary over. Inside
-    ``shard_map`` with the classes local, the features are the same on every class shard while the kernel
-    is not; adding zeros outside the ``custom_vjp`` lets JAX's autodiff sum the features' gradient over the
-    class shards (the transpose of that implicit broadcast), as it would for the materialised logits.
-    Everywhere else the zeros are constants that XLA removes."""
-    return jax.tree.map(lambda leaf: leaf + _zeros((), leaf.dtype, *inputs), tree)
-
-
-def _row_losses_value(config: _Config, parameters: _Parameters, targets: _Targets) -> jax.Array:
-    """Per-row sums over classes of the loss, one matmul per chunk."""
-
-    def step(j, rows):
-        return rows + _elementwise_loss(config, *_chunk_inputs(parameters, targets, j, config)).sum(axis=-1)
-
-    initial = _zeros(parameters.features.shape[:1], config.dtype, parameters, targets)
-    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
-
-
-def _row_losses_and_gradients(
-    config: _Config, parameters: _Parameters, targets: _Targets, row_scale: jax.Array, wanted: _Parameters
-) -> tuple[jax.Array, _Parameters]:
-    """Per-row losses and the gradients of ``sum(row_scale * row_losses)`` in the parameters that ``wanted``
-    marks True (None for the others), chunk by chunk."""
-    features, kernel = parameters.features, parameters.kernel
-
-    def step(j, carry):
-        rows, gradients = carry
-        logits, labels, pos_weight, weight, valid = _chunk_inputs(parameters, targets, j, config)
-
-        def scaled_sum(x, pw, w):
-            loss = _elementwise_loss(config, x, labels, pw, w, valid)
-            return jnp.sum(row_scale[:, None] * loss), loss.sum(axis=-1)
-
-        total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, weight, has_aux=True)
-        d_logits, d_pos_weight, d_weight = pullback(jnp.ones_like(total))
-        if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
-            d_features = _dot(config, d_logits, _take(kernel, j), contract=(1, 1))
-            gradients = gradients._replace(features=gradients.features + d_features)
-        if gradients.kernel is not None:  # features.T @ d_logits, this chunk's columns
-            gradients = gradients._replace(kernel=_put(gradients.kernel, _dot(config, features, d_logits, (0, 0)), j))
-        if gradients.bias is not None:
-            gradients = gradients._replace(bias=_put(gradients.bias, d_logits.sum(axis=0), j))
-        if gradients.pos_weight is not None:
-            gradients = gradients._replace(pos_weight=_put(gradients.pos_weight, d_pos_weight, j))
-        if gradients.weight is not None:
-            gradients = gradients._replace(weight=_put(gradients.weight, d_weight, j))
-        return rows + chunk_rows, gradients
-
-    def zeros_like(name: str, array: jax.Array | None):
-        if array is None or not getattr(wanted, name):
-            return None
-        return _zeros(array.shape, config.dtype if name == "features" else array.dtype, parameters, targets, row_scale)
-
-    initial = (
-        _zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
-        _Parameters(*(zeros_like(name, a) for name, a in zip(_Parameters._fields, parameters, strict=True))),
-    )
-    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
-
-
-def _weighted(weight: jax.Array, losses: jax.Array) -> jax.Array:
-    """``weight * losses``, where a zero weight (or scale, or masked row) removes its element even where its loss
-    is infinite (0 * inf is 0)."""
-    return weight * jnp.where((weight == 0) & jnp.isinf(losses), 0, losses)
-
 
 def _weighted_sum(row_scale: jax.Array, rows: jax.Array) -> jax.Array:
-    return jnp.sum(_weighted(row_scale, rows))
+    return jnp.sum(weighted(row_scale, rows))
 
 
 def _unwrap(tree):
@@ -264,7 +64,7 @@ def _unwrap(tree):
     return values, perturbed
 
 
-def _reject_label_gradients(targets_perturbed: _Targets) -> None:
+def _reject_label_gradients(targets_perturbed: _chunks.Targets) -> None:
     if any(jax.tree.leaves(targets_perturbed)):
         raise ValueError(
             "linear_binary_cross_entropy does not differentiate its labels, positives or where; "
@@ -273,9 +73,11 @@ def _reject_label_gradients(targets_perturbed: _Targets) -> None:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets, row_scale: jax.Array) -> jax.Array:
+def _weighted_total(
+    config: _chunks.Config, parameters: _chunks.Parameters, targets: _chunks.Targets, row_scale: jax.Array
+) -> jax.Array:
     """``sum(row_scale * row_losses)``: the scalar reductions."""
-    return _weighted_sum(row_scale, _row_losses_value(config, parameters, targets))
+    return _weighted_sum(row_scale, _chunks.row_losses(config, parameters, targets))
 
 
 # Why every gradient is a residual of the same tree, formed or not. JAX traces a ``custom_vjp`` forward pass once
@@ -289,8 +91,8 @@ def _weighted_total(config: _Config, parameters: _Parameters, targets: _Targets,
 def _weighted_total_fwd(config, parameters, targets, row_scale):
     (parameters, wanted), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
     _reject_label_gradients(targets_perturbed)
-    rows, gradients = _row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
-    stored = _Parameters(
+    rows, gradients = _chunks.row_losses_and_gradients(config, parameters, targets, row_scale.value, wanted)
+    stored = _chunks.Parameters(
         *(
             None if p is None else jnp.zeros((0, *p.shape), p.dtype) if g is None else g[None]
             for p, g in zip(parameters, gradients, strict=True)
@@ -303,7 +105,7 @@ def _weighted_total_bwd(config, residuals, cotangent):
     stored, rows = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros((), config.dtype)
-    scaled = _Parameters(
+    scaled = _chunks.Parameters(
         *(
             None if g is None else (cotangent * g[0]).astype(g.dtype) if g.shape[0] else jnp.zeros(g.shape[1:], g.dtype)
             for g in stored
@@ -316,41 +118,39 @@ _weighted_total.defvjp(_weighted_total_fwd, _weighted_total_bwd, symbolic_zeros=
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _row_losses(config: _Config, parameters: _Parameters, targets: _Targets) -> jax.Array:
+def _row_losses(config: _chunks.Config, parameters: _chunks.Parameters, targets: _chunks.Targets) -> jax.Array:
     """The per-row losses: ``reduction="none"``."""
-    return _row_losses_value(config, parameters, targets)
+    return _chunks.row_losses(config, parameters, targets)
 
 
 def _row_losses_fwd(config, parameters, targets):
     (parameters, _), (targets, targets_perturbed) = _unwrap(parameters), _unwrap(targets)
     _reject_label_gradients(targets_perturbed)
-    return _row_losses_value(config, parameters, targets), (parameters, targets)
+    return _chunks.row_losses(config, parameters, targets), (parameters, targets)
 
 
 def _row_losses_bwd(config, residuals, cotangent):
     parameters, targets = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(parameters.features.shape[:1], config.dtype)
-    every = _Parameters(True, True, True, True, True)
-    _, gradients = _row_losses_and_gradients(config, parameters, targets, cotangent, every)
+    every = _chunks.Parameters(True, True, True, True, True)
+    _, gradients = _chunks.row_losses_and_gradients(config, parameters, targets, cotangent, every)
     return gradients, None
 
 
 _row_losses.defvjp(_row_losses_fwd, _row_losses_bwd, symbolic_zeros=True)
 
 
-def _kept_count(reduction, batch, classes, keep, known, dtype) -> jax.Array:
-    """The denominator of ``"mean"`` (kept elements of the ``(..., C)`` logits) or ``"batchmean"`` (examples
-    along the logits' leading axis that keep at least one element), counted as the materialised loss counts.
-    ``keep`` masks examples, ``known`` (``ignore_label``) elements."""
-    row_keep = jnp.ones(batch, bool) if keep is None else jnp.broadcast_to(keep, batch)
-    if known is None:  # whole rows of C classes are kept or not
-        element_keep, per_element = row_keep[..., None], classes
-    else:
-        element_keep, per_element = row_keep[..., None] & known, 1
-    if reduction == "batchmean" and batch:  # (D,) features: the logits' one axis holds the examples
-        return jnp.sum(jnp.any(element_keep, axis=tuple(range(1, element_keep.ndim))), dtype=dtype)
-    return jnp.sum(element_keep, dtype=dtype) * per_element
+def _check_weight(weight: jax.Array, batch: tuple[int, ...], classes: int) -> None:
+    """weight broadcasts against the logits ``batch + (C,)``; one of shape ``batch`` is a per-example weight that
+    lacks its class axis (unless its last size is C: per class), which is the mistake this names."""
+    if weight.ndim and weight.shape == batch and batch[-1] != classes:
+        raise ValueError(
+            f"weight of shape {weight.shape} is per example: pass weight[..., None] (shape {(*batch, 1)}); weight "
+            f"broadcasts against the logits' shape {(*batch, classes)} as in binary_cross_entropy_with_logits, so "
+            "(C,) is per class"
+        )
+    check_broadcasts("weight", weight.shape, (*batch, classes), "the logits features.shape[:-1] + (C,)")
 
 
 class _Options(NamedTuple):
@@ -372,7 +172,7 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
     reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype = options
     known = None if ignore_label is None else labels != ignore_label
     rows = math.prod(batch)
-    layout = _choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
+    layout = _chunks.choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
     flat_keep = None if keep is None else jnp.broadcast_to(keep, batch).reshape(rows)
     # weight broadcasts against the (..., C) logits: (..., 1) per example (a row scale), (C,) per class, and
     # anything else per element (laid out like dense labels).
@@ -390,38 +190,39 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
     flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
     if flat_keep is not None:
         flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
-    parameters = _Parameters(
+    parameters = _chunks.Parameters(
         features=flat_features,
-        kernel=_by_chunk(kernel, layout),
-        bias=None if bias is None else _by_chunk(bias.astype(dtype), layout),
+        kernel=_chunks.by_chunk(kernel, layout),
+        bias=None if bias is None else _chunks.by_chunk(bias.astype(dtype), layout),
         pos_weight=None
         if pos_weight is None
-        else _by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
-        weight=None if element_weight is None else _by_chunk(element_weight.astype(dtype), layout),
+        else _chunks.by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
+        weight=None if element_weight is None else _chunks.by_chunk(element_weight.astype(dtype), layout),
     )
-    targets = _Targets(
-        labels=None if labels is None else _by_chunk(labels.reshape(rows, classes), layout),
+    targets = _chunks.Targets(
+        labels=None if labels is None else _chunks.by_chunk(labels.reshape(rows, classes), layout),
         positives=None if positives is None else positives.reshape(rows, positives.shape[-1]),
         keep=flat_keep,
     )
-    config = _Config(layout, label_smoothing, ignore_label, precision, dtype)
+    config = _chunks.Config(layout, label_smoothing, ignore_label, precision, dtype)
 
     example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
     if keep is not None:
         example_weight = jnp.where(keep, example_weight, 0)
     example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
-    parameters = _vary_together(parameters, parameters, targets)
+    parameters = _chunks.vary_together(parameters, parameters, targets)
     if reduction == "none":
-        losses = _weighted(example_weight, _row_losses(config, parameters, targets))
+        losses = weighted(example_weight, _row_losses(config, parameters, targets))
         return losses.reshape(batch).astype(out_dtype)
-    denominator = jnp.asarray(1, dtype)
-    if reduction != "sum":
-        denominator = _kept_count(reduction, batch, classes, keep, known, dtype)
-    row_scale = _vary_together(example_weight / jnp.where(denominator == 0, 1, denominator), parameters, targets)
+    # The denominator of the materialised loss of the (..., C) logits: keep masks examples, known elements.
+    element_keep = _chunks.both(None if keep is None else jnp.broadcast_to(keep, batch)[..., None], known)
+    shape = (*batch, classes)
+    divisor = denominator(reduction, shape, tuple(range(len(shape))), element_keep, None, dtype)
+    row_scale = _chunks.vary_together(example_weight / divisor, parameters, targets)
     return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)
 
 
-@jit_loss
+@jit_loss(static=("label_smoothing", "ignore_label", "reduction", "chunk_size", "precision"))
 def linear_binary_cross_entropy(
     features: jax.typing.ArrayLike,
     kernel: jax.typing.ArrayLike,
@@ -528,76 +329,49 @@ def linear_binary_cross_entropy(
       Array(0.729542, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    ignore_label = _pipeline.check_ignore_label(ignore_label)
-    _pipeline.check_reduction(reduction, valid=REDUCTIONS)
-    features = _pipeline.as_checked_array(Arg("features", features, Role.LOGITS))
-    kernel = _pipeline.as_checked_array(Arg("kernel", kernel, Role.LOGITS))
+    ignore_label = check_ignore_label(ignore_label)
+    check_reduction(reduction, valid=REDUCTIONS)
+    check_chunk_size(chunk_size)
+    features = checked_array("features", features, Role.LOGITS)
+    kernel = checked_array("kernel", kernel, Role.LOGITS)
     if features.ndim < 1:
         raise ValueError("features must have shape (..., D), got a scalar")
-    if kernel.ndim != 2 or kernel.shape[0] != features.shape[-1]:
-        raise ValueError(
-            f"kernel must have shape (D, C) with D = features.shape[-1] = {features.shape[-1]}, got kernel "
-            f"{kernel.shape} and features {features.shape}"
-        )
+    check_shape("kernel", kernel, (features.shape[-1], "C"), "(features.shape[-1], C)")
     batch, classes = features.shape[:-1], kernel.shape[1]
-    out_dtype = jnp.result_type(features.dtype, kernel.dtype)
-    dtype = _pipeline.compute_dtype(out_dtype)
-
+    logits_shape = (*batch, classes)
     if (labels is None) == (positives is None):
         raise ValueError("pass exactly one of labels (dense, (..., C)) and positives (sparse, (..., P))")
-    if labels is not None:
-        labels = _pipeline.as_checked_array(Arg("labels", labels, Role.LABELS))
-        if labels.shape != (*batch, classes):
-            raise ValueError(
-                f"labels must have shape features.shape[:-1] + (C,) = {(*batch, classes)}, got {labels.shape}"
-            )
-    else:
-        if ignore_label is not None:
-            raise ValueError("ignore_label applies to dense labels; positives list the known positive classes")
-        positives = _pipeline.as_array(Arg("positives", positives, Role.LABELS))
-        if not jnp.issubdtype(positives.dtype, jnp.integer):
-            raise TypeError(f"positives must have an integer dtype, got {positives.dtype}")
-        if positives.ndim != len(batch) + 1 or positives.shape[:-1] != batch:
-            raise ValueError(
-                f"positives must have shape features.shape[:-1] + (P,) = {(*batch, 'P')}, got {positives.shape}"
-            )
-    if bias is not None:
-        bias = _pipeline.as_checked_array(Arg("bias", bias, Role.LOGITS))
-        if bias.shape != (classes,):
-            raise ValueError(f"bias must have shape (C,) = {(classes,)}, got {bias.shape}")
+    if positives is not None and ignore_label is not None:
+        raise ValueError("ignore_label applies to dense labels; positives list the known positive classes")
+    labels = optional_array("labels", labels, Role.LABELS)
+    positives = optional_array("positives", positives, Role.INDICES)
+    bias = optional_array("bias", bias, Role.LOGITS)
+    pos_weight = optional_array("pos_weight", pos_weight, Role.NON_NEGATIVE)
+    weight = optional_array("weight", weight, Role.NON_NEGATIVE)
+    check_shape("labels", labels, logits_shape, "features.shape[:-1] + (C,)")
+    check_shape("positives", positives, (*batch, "P"), "features.shape[:-1] + (P,)")
+    check_shape("bias", bias, (classes,), "(C,)")
     if pos_weight is not None:
-        pos_weight = _pipeline.as_checked_array(Arg("pos_weight", pos_weight, Role.NON_NEGATIVE))
-        _pipeline.check_broadcasts("pos_weight", pos_weight.shape, (classes,), "the classes (C,)")
+        check_broadcasts("pos_weight", pos_weight.shape, (classes,), "the classes (C,)")
     if weight is not None:
-        weight = _pipeline.as_checked_array(Arg("weight", weight, Role.NON_NEGATIVE))
-        if weight.ndim and weight.shape == batch and batch[-1] != classes:
-            raise ValueError(
-                f"weight of shape {weight.shape} is per example: pass weight[..., None] (shape "
-                f"{(*batch, 1)}); weight broadcasts against the logits' shape {(*batch, classes)} as in "
-                "binary_cross_entropy_with_logits, so (C,) is per class"
-            )
-        _pipeline.check_broadcasts("weight", weight.shape, (*batch, classes), "the logits features.shape[:-1] + (C,)")
-    keep = None if where is None else _pipeline.as_mask(where, batch, "features.shape[:-1]")
-    if _pipeline.value_checks_enabled():
-        known = None if ignore_label is None else labels != ignore_label
+        _check_weight(weight, batch, classes)
+    keep = None if where is None else as_mask(where, batch, "features.shape[:-1]")
+    out_dtype = jnp.result_type(features.dtype, kernel.dtype)
+    dtype = compute_dtype(out_dtype)
+
+    if value_checks_enabled():
         example_keep = None if keep is None else keep[..., None]
-        for name, role, array, mask in (
-            ("features", Role.LOGITS, features, example_keep),
-            ("labels", Role.LABELS, labels, _both(example_keep, known)),
-            ("weight", Role.NON_NEGATIVE, weight, example_keep),
-            ("pos_weight", Role.NON_NEGATIVE, pos_weight, None),
-        ):
-            if array is not None:
-                _pipeline.register_value_checks(name, role, array, mask)
+        known = None if ignore_label is None else labels != ignore_label
+        register_value_checks("features", Role.LOGITS, features, example_keep)
+        register_value_checks("labels", Role.LABELS, labels, _chunks.both(example_keep, known))
+        register_value_checks("weight", Role.NON_NEGATIVE, weight, example_keep)
+        register_value_checks("pos_weight", Role.NON_NEGATIVE, pos_weight, None)
         if positives is not None:
             ok = (positives >= -1) & (positives < classes)
-            if keep is not None:
-                ok = ok | ~keep[..., None]
-            _pipeline.check_values(
-                "positives", positives, ok, f"must be class indices in [-1, {classes}) (-1: padding)"
-            )
+            ok = ok if keep is None else ok | ~keep[..., None]
+            check_values("positives", positives, ok, f"must be class indices in [-1, {classes}) (-1: padding)")
 
     options = _Options(reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype)
-    rows_spec = (_pipeline.explicit_spec(features) or ())[:-1] if reduction == "none" else ()
+    rows_spec = (explicit_spec(features) or ())[:-1] if reduction == "none" else ()
     arrays = (features, kernel, labels, positives, bias, pos_weight, weight, keep)
-    return _pipeline.with_auto_axes(functools.partial(_loss_by_chunks, options), *arrays, out_spec=rows_spec)
+    return with_auto_axes(functools.partial(_loss_by_chunks, options), *arrays, out_spec=rows_spec)

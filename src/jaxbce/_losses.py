@@ -1,6 +1,7 @@
-"""The public elementwise losses. Each is registered once (:func:`jaxbce._registry.loss`) with its arrays'
-roles, its core, its static options' sample values, its reference and its peers; its body checks its static
-options and returns the core specialised to them, and the registry runs the pipeline.
+"""The public elementwise losses. Each declares its static options to the registry (:func:`jaxbce._registry.loss`)
+and its body is the path from its arguments to its value: check the static options, pick the elementwise core
+(a :class:`jaxbce._reductions.Terms`), and hand the arrays with their roles and the shared arguments to
+:func:`jaxbce._pipeline.compute_loss`.
 
 Shared semantics (the contract: ``docs/contract.md``):
 
@@ -26,21 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxbce import _asymmetric, _elementwise, _focal
-from jaxbce._pipeline import Role, Terms, check_fraction, check_real, is_python_number
+from jaxbce._arguments import Arg, Role, check_fraction, check_real, is_python_number
+from jaxbce._pipeline import compute_loss
+from jaxbce._reductions import Terms
 from jaxbce._registry import loss
 
 
-@loss(
-    arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
-    core=_elementwise.bce_with_logits,
-    options={"label_smoothing": (0.0, 0.1), "poly_epsilon": (0.0, 1.0)},
-    reference="bce_with_logits",
-    peers=(
-        "optax.sigmoid_binary_cross_entropy",
-        "torch.nn.functional.binary_cross_entropy_with_logits",
-        "keras.losses.binary_crossentropy",
-    ),
-)
+@loss(static=("label_smoothing", "poly_epsilon"))
 def binary_cross_entropy_with_logits(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -65,9 +58,9 @@ def binary_cross_entropy_with_logits(
     term cancels another, and its ``custom_jvp`` rule gives the gradient ``sigmoid(x) - y`` (for ``pw = 1``) in a
     form that stays exact where ``sigmoid(x)`` rounds to 1. Within 1.5 eps of a 50-digit reference for every
     finite logit (value and logits gradient for hard labels), and ``d/dx = 0.5 - y``, ``d2/dx2 = 0.25`` at 0.
-    On CPU, a float32 reduction of 4,096 elements or more sums a select-free form of the same terms, within the
-    same bounds, which XLA fuses into one pass over the inputs (2.8x faster; the exact terms where that sum is
-    NaN or tiny); its derivatives are the exact core's ("Sums on CPU" in the numerics docs).
+    On CPU, large float32 reductions sum a select-free form of the same terms, within the same bounds, which XLA
+    fuses into one pass over the inputs (the exact terms where that sum is NaN or tiny); its derivatives are the
+    exact core's ("Sums on CPU" in the numerics docs; timings in the benchmarks).
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
@@ -106,20 +99,23 @@ def binary_cross_entropy_with_logits(
       Array(0.6062176, dtype=float32)
     """
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    core = functools.partial(_elementwise.bce_with_logits, label_smoothing=label_smoothing)
     poly_epsilon = check_real("poly_epsilon", poly_epsilon)
+    core = functools.partial(_elementwise.bce_with_logits, label_smoothing=label_smoothing)
     if poly_epsilon:
-        return _plus_poly1(core, poly_epsilon, 1.0, label_smoothing)
-    return Terms(core, functools.partial(_elementwise.bce_with_logits_fusible, label_smoothing=label_smoothing))
+        terms = Terms(_plus_poly1(core, poly_epsilon, 1.0, label_smoothing))
+    else:
+        terms = Terms(core, functools.partial(_elementwise.bce_with_logits_fusible, label_smoothing=label_smoothing))
+    arrays = [
+        Arg("logits", logits, Role.LOGITS),
+        Arg("labels", labels, Role.LABELS),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE),
+    ]
+    return compute_loss(
+        terms, arrays, weight=weight, where=where, ignore_label=ignore_label, axis=axis, reduction=reduction
+    )
 
 
-@loss(
-    arrays={"probs": Role.PROBABILITIES, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
-    core=_elementwise.bce_with_probabilities,
-    options={"label_smoothing": (0.0, 0.1)},
-    reference="bce_with_probabilities",
-    peers=("torch.nn.functional.binary_cross_entropy", "keras.losses.binary_crossentropy(from_logits=False)"),
-)
+@loss(static=("label_smoothing",))
 def binary_cross_entropy(
     probs: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -143,9 +139,9 @@ def binary_cross_entropy(
     is the positive-term weight of :func:`binary_cross_entropy_with_logits`, which PyTorch's ``BCELoss`` lacks
     (pytorch/pytorch#20424). ``log(1 - p)`` is taken as ``log1p(-p)`` below 0.3 and as ``log`` of the exact
     two-term ``1 - p`` above (XLA's ``log1p`` is inaccurate for arguments in [-0.5, -0.35]). On CPU, with bool or
-    integer labels, a float32 reduction of 4,096 elements or more sums a select-free form of the same terms,
-    within the same bounds, in one pass over the inputs (float labels may be soft, and keep the exact sum);
-    its derivatives are the exact core's ("Sums on CPU" in the numerics docs).
+    integer labels, large float32 reductions sum a select-free form of the same terms, within the same bounds,
+    in one pass over the inputs (float labels may be soft, and keep the exact sum); its derivatives are the
+    exact core's ("Sums on CPU" in the numerics docs).
     Prefer :func:`binary_cross_entropy_with_logits` whenever you have logits: it is exact where ``p`` rounds
     to 0 or 1.
 
@@ -178,21 +174,21 @@ def binary_cross_entropy(
     if not hasattr(labels, "dtype") or jnp.issubdtype(labels.dtype, jnp.floating):
         # Only bool and integer (hard) labels get fusible terms: built on YNNPACK's log (1.5 ulp against XLA's
         # 1.05), they reach 1.72 eps for soft labels, over the contract's bound.
-        return core
-    return Terms(core, functools.partial(_elementwise.bce_with_probabilities_fusible, label_smoothing=label_smoothing))
+        terms = Terms(core)
+    else:
+        fusible = functools.partial(_elementwise.bce_with_probabilities_fusible, label_smoothing=label_smoothing)
+        terms = Terms(core, fusible)
+    arrays = [
+        Arg("probs", probs, Role.PROBABILITIES),
+        Arg("labels", labels, Role.LABELS),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE),
+    ]
+    return compute_loss(
+        terms, arrays, weight=weight, where=where, ignore_label=ignore_label, axis=axis, reduction=reduction
+    )
 
 
-@loss(
-    arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "alpha": Role.FRACTION},
-    core=_focal.sigmoid_focal,
-    options={
-        "gamma": (2.0, 0.0, 0.5, 1.7),
-        "label_smoothing": (0.0, 0.1),
-        "poly_epsilon": (0.0, 1.0, -1.0),
-    },
-    reference="sigmoid_focal",
-    peers=("optax.sigmoid_focal_loss", "torchvision.ops.sigmoid_focal_loss", "keras.losses.binary_focal_crossentropy"),
-)
+@loss(static=("gamma", "label_smoothing", "poly_epsilon"), static_or_array=("alpha",))
 def sigmoid_focal_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -264,8 +260,17 @@ def sigmoid_focal_loss(
         check_fraction("alpha", alpha, allow_none=True)
     gamma = _check_gamma("gamma", gamma)
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    poly_epsilon = check_real("poly_epsilon", poly_epsilon)
     core = functools.partial(_focal.sigmoid_focal, gamma=gamma, label_smoothing=label_smoothing)
-    return _plus_poly1(core, check_real("poly_epsilon", poly_epsilon), gamma + 1.0, label_smoothing)
+    terms = Terms(_plus_poly1(core, poly_epsilon, gamma + 1.0, label_smoothing))
+    arrays = [
+        Arg("logits", logits, Role.LOGITS),
+        Arg("labels", labels, Role.LABELS),
+        Arg("alpha", alpha, Role.FRACTION),
+    ]
+    return compute_loss(
+        terms, arrays, weight=weight, where=where, ignore_label=ignore_label, axis=axis, reduction=reduction
+    )
 
 
 def _check_gamma(name: str, gamma) -> float:
@@ -282,13 +287,7 @@ def _plus_poly1(core, poly_epsilon: float, exponent: float, label_smoothing: flo
     return lambda x, y, *rest: core(x, y, *rest) + poly_epsilon * poly(x, y)
 
 
-@loss(
-    arrays={"logits": Role.LOGITS, "labels": Role.LABELS, "pos_weight": Role.NON_NEGATIVE},
-    core=_asymmetric.asymmetric,
-    options={"gamma_pos": (0.0, 1.0), "gamma_neg": (4.0, 0.0, 2.5), "clip": (0.05, 0.2, 0.0)},
-    reference="asymmetric",
-    peers=("timm.loss.AsymmetricLossMultiLabel",),
-)
+@loss(static=("gamma_pos", "gamma_neg", "clip", "stop_focusing_gradient"))
 def asymmetric_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -362,21 +361,24 @@ def asymmetric_loss(
         raise ValueError("clip must be in [0, 1), got 1.0")
     if not isinstance(stop_focusing_gradient, bool):
         raise TypeError(f"stop_focusing_gradient must be a bool, got {stop_focusing_gradient!r}")
-    return functools.partial(
+    core = functools.partial(
         _asymmetric.asymmetric,
         gamma_pos=gamma_pos,
         gamma_neg=gamma_neg,
         clip=clip,
         stop_focusing_gradient=stop_focusing_gradient,
     )
+    arrays = [
+        Arg("logits", logits, Role.LOGITS),
+        Arg("labels", labels, Role.LABELS),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE),
+    ]
+    return compute_loss(
+        Terms(core), arrays, weight=weight, where=where, ignore_label=ignore_label, axis=axis, reduction=reduction
+    )
 
 
-@loss(
-    arrays={"logits": Role.LOGITS},
-    core=_elementwise.binary_entropy,
-    reference="binary_entropy",
-    peers=("the textbook -p log p - (1 - p) log(1 - p)",),
-)
+@loss()
 def binary_entropy(
     logits: jax.typing.ArrayLike,
     *,
@@ -390,10 +392,9 @@ def binary_entropy(
 
     Both terms are non-negative and no probability is formed, so ``H`` is exact to rounding for every logit
     (``H(0) = log 2``, ``H(+-inf) = 0``), and so is its derivative ``-x sigmoid(x) sigmoid(-x)``. Useful as an
-    entropy bonus or to check that ``binary_cross_entropy_with_logits(x, sigmoid(t)) = H(t) + KL``. On CPU, a
-    float32 reduction of 4,096 elements or more sums a select-free form of the same terms, within the same
-    bound, in one pass over the inputs; its derivatives are the exact core's ("Sums on CPU" in the numerics
-    docs).
+    entropy bonus or to check that ``binary_cross_entropy_with_logits(x, sigmoid(t)) = H(t) + KL``. On CPU, large
+    float32 reductions sum a select-free form of the same terms, within the same bound, in one pass over the
+    inputs; its derivatives are the exact core's ("Sums on CPU" in the numerics docs).
 
     Args:
       logits: float16, bfloat16, float32 or float64 array of any shape ``S``.
@@ -406,15 +407,11 @@ def binary_entropy(
       >>> jaxbce.binary_entropy(jnp.array([0.0, 5.0, -50.0]), reduction="none")
       Array([6.9314718e-01, 4.0179603e-02, 9.8366250e-21], dtype=float32)
     """
-    return Terms(_elementwise.binary_entropy, _elementwise.binary_entropy_fusible)
+    terms = Terms(_elementwise.binary_entropy, _elementwise.binary_entropy_fusible)
+    return compute_loss(terms, [Arg("logits", logits, Role.LOGITS)], where=where, axis=axis, reduction=reduction)
 
 
-@loss(
-    arrays={"logits": Role.LOGITS, "target_logits": Role.LOGITS},
-    core=_elementwise.binary_kl_divergence,
-    reference="binary_kl_divergence",
-    peers=("the textbook softplus(x) - softplus(t) - sigmoid(t) (x - t)",),
-)
+@loss()
 def binary_kl_divergence(
     logits: jax.typing.ArrayLike,
     target_logits: jax.typing.ArrayLike,
@@ -447,4 +444,6 @@ def binary_kl_divergence(
       >>> jaxbce.binary_kl_divergence(jnp.array([2.0, 0.0]), jnp.array([2.0, 1e-3]), reduction="none")
       Array([0.0000000e+00, 1.2499999e-07], dtype=float32)
     """
-    return _elementwise.binary_kl_divergence
+    arrays = [Arg("logits", logits, Role.LOGITS), Arg("target_logits", target_logits, Role.LOGITS)]
+    terms = Terms(_elementwise.binary_kl_divergence)
+    return compute_loss(terms, arrays, weight=weight, where=where, axis=axis, reduction=reduction)

@@ -235,9 +235,13 @@ def sigmoid_difference(nx: jax.Array, a: jax.Array, c: jax.Array | None) -> jax.
     return corrected(plain, jnp.where(in_tail(nx), tail, hi + (lo + q_lo)))
 
 
-def zero_times(coefficient: jax.Array, magnitude: jax.Array) -> jax.Array:
-    # coefficient * magnitude, taking 0 * inf as 0: a hard label at an infinite logit has a zero term.
-    return jnp.where(coefficient == 0, 0, coefficient * magnitude)
+def weighted(coefficient: jax.Array, term: jax.Array) -> jax.Array:
+    """``coefficient * term``, taking ``0 * inf`` as 0: the one rule for a term that its coefficient removes (a
+    hard label's absent term at an infinite logit, a zero weight, a masked row). A NaN term still propagates,
+    and the derivative in the coefficient stays the term wherever it is finite."""
+    # The select is on the term, not on the product: a select's transpose zeroes the cotangent, which the product
+    # would then multiply by the infinite term (0 * inf = NaN in the coefficient's derivative).
+    return coefficient * jnp.where((coefficient == 0) & jnp.isinf(term), 0, term)
 
 
 @jax.custom_jvp

@@ -1,24 +1,19 @@
-"""The registry of jaxbce's elementwise losses: each is declared once, by the :func:`loss` decorator on its
-public function, and the pipeline, the tests, ``bench/accuracy.py`` and the docs read the declaration.
+"""The registry of jaxbce's elementwise losses: :func:`loss` declares a public loss's static options, documents the
+shared arguments it takes, jit-compiles it (:func:`jaxbce._jit.jit_loss`) and records it in :data:`LOSSES`,
+which the tests, the scripts and the docs iterate over, so that a new loss cannot skip them.
 
-Why a decorator that runs the pipeline: every elementwise loss takes its arrays, then the shared keyword
-arguments ``weight``, ``where``, ``ignore_label`` (where it has labels), ``axis`` and ``reduction``, and
-differs only in its arrays' roles, its static options and its core. So a loss's body checks its own options
-and returns its core specialised to them; the decorator binds the call to the signature, hands the arrays
-(with the roles declared here) and the shared arguments to :func:`jaxbce._pipeline.compute_loss`, and
-jit-compiles the result with the options static. The shared arguments are documented once, in
-``SHARED_ARGUMENTS`` (appended to every docstring).
+A loss's body is the whole path from its arguments to its value: it checks its static options, picks its
+elementwise core and hands its arrays (named, with their roles) and the shared arguments ``weight``, ``where``,
+``ignore_label``, ``axis`` and ``reduction`` to :func:`jaxbce._pipeline.compute_loss`.
 """
 
-import dataclasses
-import functools
 import inspect
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 
-from jaxbce._pipeline import Arg, Role, compute_loss, jit_loss
+from jaxbce._jit import jit_loss
 
 SHARED_ARGUMENTS = {
     "weight": "optional non-negative weight broadcastable to the first argument's shape ``S`` (PyTorch's "
@@ -35,98 +30,36 @@ SHARED_ARGUMENTS = {
     "the number of examples along the leading axis that keep at least one element: the sum over classes, "
     "averaged over examples; not with ``axis``). A mean over nothing is 0.",
 }
+# The shared arguments that are static (the others are arrays).
+SHARED_STATIC = ("ignore_label", "axis", "reduction")
 
-
-@dataclasses.dataclass(frozen=True)
-class Loss:
-    """One registered loss.
-
-    Attributes:
-      name: the public name, ``jaxbce.<name>``.
-      function: the public (jitted) function.
-      arrays: its array arguments and their roles, in call order: the positional ones, then the optional
-        keyword arrays other than ``weight`` and ``where`` (``pos_weight``).
-      takes_weight: whether it accepts the shared ``weight``.
-      options: its static options, each with sample values for the tests (the default first).
-      core: the elementwise core (a ``jax.custom_jvp`` function of the compute-dtype arrays).
-      reference: the name of its 50-digit mpmath reference in ``tests/reference.py``.
-      peers: the functions of other libraries it is compared against (``bench/accuracy.py``).
-    """
-
-    name: str
-    function: Callable[..., jax.Array]
-    arrays: tuple[tuple[str, Role], ...]
-    takes_weight: bool
-    options: Mapping[str, tuple]
-    core: Callable[..., jax.Array]
-    reference: str
-    peers: tuple[str, ...]
-
-    @property
-    def positional(self) -> tuple[str, ...]:
-        """The names of the positional array arguments."""
-        parameters = inspect.signature(self.function).parameters
-        return tuple(name for name, _ in self.arrays if parameters[name].kind is not inspect.Parameter.KEYWORD_ONLY)
-
-
-LOSSES: dict[str, Loss] = {}
+LOSSES: dict[str, Callable[..., jax.Array]] = {}
 
 
 def loss(
-    *,
-    arrays: Mapping[str, Role],
-    core: Callable[..., jax.Array],
-    reference: str,
-    options: Mapping[str, tuple] | None = None,
-    peers: tuple[str, ...] = (),
-) -> Callable[[Callable[..., Callable[..., jax.Array]]], Callable[..., jax.Array]]:
-    """Registers an elementwise loss; see the module docs. The decorated body checks the static options and
-    returns the core as a function of the arrays in the order of ``arrays`` (None where an optional one is
-    not given)."""
+    *, static: tuple[str, ...] = (), static_or_array: tuple[str, ...] = ()
+) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+    """Registers an elementwise loss whose own static options are ``static`` (and ``static_or_array``: static as
+    Python numbers, traced as arrays; see :func:`jaxbce._jit.jit_loss`); the shared static arguments it takes
+    are added."""
 
-    def register(body: Callable[..., Callable[..., jax.Array]]) -> Callable[..., jax.Array]:
-        signature = inspect.signature(body)
-        takes_weight = "weight" in signature.parameters
-
-        @functools.wraps(body)
-        def function(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            values = bound.arguments
-            elementwise = body(*args, **kwargs)
-            return compute_loss(
-                elementwise,
-                [Arg(name, values[name], role) for name, role in arrays.items()],
-                weight=values.get("weight"),
-                where=values["where"],
-                axis=values["axis"],
-                reduction=values["reduction"],
-                ignore_label=values.get("ignore_label"),
-            )
-
-        function.__doc__ = _with_shared_arguments(body.__doc__, signature)
-        public = jit_loss(function)
-        LOSSES[body.__name__] = Loss(
-            name=body.__name__,
-            function=public,
-            arrays=tuple(arrays.items()),
-            takes_weight=takes_weight,
-            options=dict(options or {}),
-            core=core,
-            reference=reference,
-            peers=peers,
-        )
+    def register(function: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        parameters = inspect.signature(function).parameters
+        function.__doc__ = _with_shared_arguments(function.__doc__, parameters)
+        shared = tuple(name for name in SHARED_STATIC if name in parameters)
+        public = jit_loss(static=(*static, *shared), static_or_array=static_or_array)(function)
+        LOSSES[function.__name__] = public
         return public
 
     return register
 
 
-def _with_shared_arguments(doc: str, signature: inspect.Signature) -> str:
-    """``doc`` with the shared arguments that ``signature`` takes added to the end of its Args section."""
+def _with_shared_arguments(doc: str, parameters) -> str:
+    """``doc`` with the shared arguments among ``parameters`` added to the end of its Args section."""
     lines = [
         textwrap.fill(f"{name}: {text}", 112, initial_indent=" " * 6, subsequent_indent=" " * 8)
         for name, text in SHARED_ARGUMENTS.items()
-        if name in signature.parameters
+        if name in parameters
     ]
     head, marker, tail = doc.partition("\n    Returns:")
     return head.rstrip("\n") + "\n" + "\n".join(lines) + "\n" + marker + tail

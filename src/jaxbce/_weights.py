@@ -5,24 +5,18 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxbce._pipeline import (
-    Arg,
-    Role,
-    as_checked_array,
-    check_broadcasts,
-    compute_dtype,
-    jit_loss,
-    register_value_checks,
-)
+from jaxbce._arguments import Role, check_broadcasts, checked_array, compute_dtype, is_python_number
+from jaxbce._jit import jit_loss
+from jaxbce._value_checks import register_value_checks
 
 
 def _counts(name: str, value: jax.typing.ArrayLike) -> jax.Array:
-    counts = as_checked_array(Arg(name, value, Role.NON_NEGATIVE))
+    counts = checked_array(name, value, Role.NON_NEGATIVE)
     register_value_checks(name, Role.NON_NEGATIVE, counts, None)
     return counts.astype(compute_dtype(counts.dtype))  # integer counts: float32
 
 
-@jit_loss
+@jit_loss(static=())
 def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: jax.typing.ArrayLike) -> jax.Array:
     """PyTorch's recipe for ``pos_weight``: negatives per positive, ``(total - positives) / positives``, per class.
 
@@ -54,7 +48,7 @@ def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: 
     return jnp.where(positives == 0, 1, (totals - positives) / safe)
 
 
-@jit_loss
+@jit_loss(static=("beta",))
 def class_balanced_weights(counts: jax.typing.ArrayLike, beta: float = 0.999) -> jax.Array:
     """Class-balanced weights (Cui et al., CVPR 2019): the inverse of each class's effective number of examples,
     ``(1 - beta) / (1 - beta**n)``, normalised to sum to the number of classes.
@@ -81,7 +75,7 @@ def class_balanced_weights(counts: jax.typing.ArrayLike, beta: float = 0.999) ->
       >>> jaxbce.class_balanced_weights(jnp.array([1000, 100, 10, 0]), beta=0.99)
       Array([0.30686286, 0.4840147 , 3.2091227 , 0.        ], dtype=float32)
     """
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < 1:
+    if not is_python_number(beta) or not 0 <= beta < 1:
         raise ValueError(f"beta must be a Python float in [0, 1), got {beta!r}")
     n = _counts("counts", counts)
     if n.ndim == 0:

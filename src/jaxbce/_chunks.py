@@ -1,0 +1,232 @@
+"""The chunk loop shared by the fused losses: BCE of ``features @ kernel + bias`` over chunks of classes.
+
+Why chunks. With C in the hundreds of thousands the logits ``features @ kernel + bias``, their labels and
+their gradient are the largest arrays of a train step, larger than the model. Here the classes are visited in
+chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fed to the elementwise BCE core
+(``_elementwise.bce_with_logits``, the same function and ``custom_jvp`` rule as
+:func:`jaxbce.binary_cross_entropy_with_logits`) and dropped, so no array of size rows x C is ever held.
+:func:`row_losses` is the value-only loop (one matmul per chunk); :func:`row_losses_and_gradients` forms the
+gradients of a row-weighted sum as it goes (three matmuls per chunk). ``_linear`` and ``_contrastive`` wrap them
+in their ``custom_vjp`` rules.
+
+Why strided chunks. Chunk ``j`` holds the classes ``j, j + n, j + 2n, ...`` (``n`` chunks): the kernel
+``(D, C)`` is viewed as ``(D, chunk, n)`` (a free reshape) and the loop indexes its last axis. When the kernel
+is sharded over classes, every chunk then spans all class shards, and GSPMD partitions each step without
+moving the kernel; with contiguous blocks each step would slice a sharded axis and all-gather it.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbce import _elementwise
+from jaxbce._arguments import check_chunk_size
+from jaxbce._numerics import weighted
+
+# A chunk's float32 logits and their gradient are about this many elements each: 8 MiB, small next to a
+# kernel worth chunking, and large enough that each matmul runs at full speed (2^21 / 1024 rows = 2048
+# classes per chunk).
+_CHUNK_ELEMENTS = 2**21
+# Below this many classes a matmul chunk is too thin to run at full speed.
+_MIN_CHUNK = 256
+
+
+class Layout(NamedTuple):
+    classes: int  # C
+    chunk: int  # classes per chunk
+    chunks: int  # n; chunk * chunks >= C, and chunk j holds the classes j + n * i
+
+    @property
+    def padding(self) -> int:
+        return self.chunk * self.chunks - self.classes
+
+    @property
+    def padded(self) -> bool:
+        """Whether the last chunk has padding classes (assumed where C is a symbolic dimension)."""
+        return not isinstance(self.padding, int) or self.padding > 0
+
+
+class Config(NamedTuple):
+    """What the loop needs besides arrays: static and hashable."""
+
+    layout: Layout
+    label_smoothing: float
+    ignore_label: float | None
+    precision: Any
+    dtype: np.dtype  # compute dtype of logits, losses and gradients
+
+
+class Parameters(NamedTuple):
+    """The differentiable arrays, classes laid out as ``(..., chunk, chunks)``."""
+
+    features: jax.Array  # (N, D), masked rows zeroed
+    kernel: jax.Array  # (D, chunk, chunks)
+    bias: jax.Array | None  # (chunk, chunks)
+    pos_weight: jax.Array | None  # (chunk, chunks)
+    weight: jax.Array | None = None  # per class (chunk, chunks) or per element (N, chunk, chunks)
+
+
+class Targets(NamedTuple):
+    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row and class masks."""
+
+    labels: jax.Array | None
+    positives: jax.Array | None
+    keep: jax.Array | None  # (N,) bool
+    classes_kept: jax.Array | None = None  # (chunk, chunks) bool: the contrastive loss's padded columns
+
+
+def choose_layout(classes: int, rows: int, chunk_size: int | None) -> Layout:
+    check_chunk_size(chunk_size)
+    target = chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
+    if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
+        return Layout(classes, target, -(-classes // target))
+    chunks = -(-classes // target)
+    if chunk_size is None:
+        # Prefer a number of chunks that divides C (no padded copy of the kernel), at most halving the chunk.
+        chunks = next((n for n in range(chunks, 2 * chunks + 1) if classes % n == 0), chunks)
+    chunks = max(chunks, 1)
+    return Layout(classes, -(-classes // chunks), chunks)
+
+
+def by_chunk(array: jax.Array, layout: Layout, fill=0) -> jax.Array:
+    """``(..., C)`` as ``(..., chunk, chunks)``; a copy padded with ``fill`` only where C is not a multiple."""
+    if layout.padded:
+        array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, layout.padding)], constant_values=fill)
+    return array.reshape(*array.shape[:-1], layout.chunk, layout.chunks)
+
+
+def from_chunks(array: jax.Array, layout: Layout) -> jax.Array:
+    """The inverse of ``by_chunk``: ``(..., chunk, chunks)`` back to ``(..., C)``."""
+    return array.reshape(*array.shape[:-2], layout.chunk * layout.chunks)[..., : layout.classes]
+
+
+def _take(array: jax.Array | None, j: jax.Array) -> jax.Array | None:
+    """Chunk ``j`` of an array laid out by ``by_chunk``."""
+    return None if array is None else jax.lax.dynamic_index_in_dim(array, j, axis=-1, keepdims=False)
+
+
+def _put(array: jax.Array, chunk: jax.Array, j: jax.Array) -> jax.Array:
+    """``array`` with chunk ``j`` replaced by ``chunk`` (in place inside the loop)."""
+    return jax.lax.dynamic_update_index_in_dim(array, chunk.astype(array.dtype), j, axis=-1)
+
+
+def _dot(config: Config, a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    dimensions = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
+
+
+def _chunk_labels(targets: Targets, j: jax.Array, config: Config) -> tuple[jax.Array, jax.Array | None]:
+    """The labels of chunk ``j`` and, with ``ignore_label``, which of them are known (None: all)."""
+    layout = config.layout
+    if targets.labels is not None:
+        labels = _take(targets.labels, j)
+        known = None if config.ignore_label is None else labels != config.ignore_label
+        keep = both(None if targets.keep is None else targets.keep[:, None], known)
+        labels = labels.astype(config.dtype)
+        # Masked rows may hold NaN labels (padding), ignored elements their ignore label; the core sees 0 there,
+        # as in the elementwise losses.
+        return (labels if keep is None else jnp.where(keep, labels, 0)), known
+    positives = targets.positives
+    here = (positives >= 0) & (positives % layout.chunks == j)
+    index = jnp.where(here, positives // layout.chunks, layout.chunk)  # out of bounds: dropped
+    # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
+    # indices); a repeated class is set twice, counted once.
+    zeros = jnp.zeros((layout.chunk,), config.dtype)
+    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index), None
+
+
+def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+    """a & b, for masks of which None means all True."""
+    return b if a is None else a if b is None else a & b
+
+
+def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config: Config):
+    """Logits, labels, pos_weight, weight and element mask (padded classes and ignored labels; None for none) of
+    chunk ``j``."""
+    logits = _dot(config, parameters.features, _take(parameters.kernel, j), contract=(1, 0))
+    if parameters.bias is not None:
+        logits = logits + _take(parameters.bias, j).astype(config.dtype)
+    pos_weight, weight = _take(parameters.pos_weight, j), _take(parameters.weight, j)
+    pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
+    valid = None
+    if config.layout.padded:
+        valid = jnp.arange(config.layout.chunk) * config.layout.chunks + j < config.layout.classes
+    labels, known = _chunk_labels(targets, j, config)
+    return logits, labels, pos_weight, weight, both(both(valid, known), _take(targets.classes_kept, j))
+
+
+def _elementwise_loss(config: Config, logits, labels, pos_weight, weight, valid) -> jax.Array:
+    loss = _elementwise.bce_with_logits(logits, labels, pos_weight, config.label_smoothing)
+    if weight is not None:
+        loss = weighted(weight, loss)  # a zero weight removes its element even where its loss is infinite
+    return loss if valid is None else jnp.where(valid, loss, 0)
+
+
+def zeros(shape, dtype, *inputs) -> jax.Array:
+    """Zeros that vary over the ``shard_map`` axes that any of ``inputs`` varies over (``zeros_like`` keeps
+    them; outside ``shard_map`` there are none): a loop carry must have the type of what the body makes of it."""
+    zero = sum(jnp.zeros_like(leaf, dtype=dtype, shape=()) for leaf in jax.tree.leaves(inputs))
+    return jnp.zeros(shape, dtype) + zero
+
+
+def vary_together(tree, *inputs):
+    """``tree`` with each leaf varying over every ``shard_map`` axis that ``inputs`` vary over. Inside
+    ``shard_map`` with the classes local, the features are the same on every class shard while the kernel
+    is not; adding zeros outside the ``custom_vjp`` lets JAX's autodiff sum the features' gradient over the
+    class shards (the transpose of that implicit broadcast), as it would for the materialised logits.
+    Everywhere else the zeros are constants that XLA removes."""
+    return jax.tree.map(lambda leaf: leaf + zeros((), leaf.dtype, *inputs), tree)
+
+
+def row_losses(config: Config, parameters: Parameters, targets: Targets) -> jax.Array:
+    """Per-row sums over classes of the loss, one matmul per chunk."""
+
+    def step(j, rows):
+        return rows + _elementwise_loss(config, *_chunk_inputs(parameters, targets, j, config)).sum(axis=-1)
+
+    initial = zeros(parameters.features.shape[:1], config.dtype, parameters, targets)
+    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
+
+
+def row_losses_and_gradients(
+    config: Config, parameters: Parameters, targets: Targets, row_scale: jax.Array, wanted: Parameters
+) -> tuple[jax.Array, Parameters]:
+    """Per-row losses and the gradients of ``sum(row_scale * row_losses)`` in the parameters that ``wanted``
+    marks True (None for the others), chunk by chunk."""
+    features, kernel = parameters.features, parameters.kernel
+
+    def step(j, carry):
+        rows, gradients = carry
+        logits, labels, pos_weight, weight, valid = _chunk_inputs(parameters, targets, j, config)
+
+        def scaled_sum(x, pw, w):
+            loss = _elementwise_loss(config, x, labels, pw, w, valid)
+            return jnp.sum(row_scale[:, None] * loss), loss.sum(axis=-1)
+
+        total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, weight, has_aux=True)
+        d_logits, d_pos_weight, d_weight = pullback(jnp.ones_like(total))
+        if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
+            d_features = _dot(config, d_logits, _take(kernel, j), contract=(1, 1))
+            gradients = gradients._replace(features=gradients.features + d_features)
+        if gradients.kernel is not None:  # features.T @ d_logits, this chunk's columns
+            gradients = gradients._replace(kernel=_put(gradients.kernel, _dot(config, features, d_logits, (0, 0)), j))
+        if gradients.bias is not None:
+            gradients = gradients._replace(bias=_put(gradients.bias, d_logits.sum(axis=0), j))
+        if gradients.pos_weight is not None:
+            gradients = gradients._replace(pos_weight=_put(gradients.pos_weight, d_pos_weight, j))
+        if gradients.weight is not None:
+            gradients = gradients._replace(weight=_put(gradients.weight, d_weight, j))
+        return rows + chunk_rows, gradients
+
+    def zeros_like(name: str, array: jax.Array | None):
+        if array is None or not getattr(wanted, name):
+            return None
+        return zeros(array.shape, config.dtype if name == "features" else array.dtype, parameters, targets, row_scale)
+
+    initial = (
+        zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
+        Parameters(*(zeros_like(name, a) for name, a in zip(Parameters._fields, parameters, strict=True))),
+    )
+    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)

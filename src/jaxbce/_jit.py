@@ -1,0 +1,113 @@
+"""The jit wrapper of every public function: how a call is checked, keyed and compiled."""
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from jaxbce._arguments import is_python_number
+from jaxbce._value_checks import value_checks, value_checks_enabled
+
+F = typing.TypeVar("F", bound=Callable)
+
+
+def jit_loss(*, static: tuple[str, ...], static_or_array: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """``jax.jit`` of a public function, the one rule by which every jaxbce function is called and compiled.
+
+    ``static`` names its static options (``axis``, ``reduction``, ``gamma``, ``chunk_size``, ...): they take
+    Python and NumPy scalars alike (NumPy ones become Python numbers), and a traced or array value for one is a
+    ``TypeError`` saying that it must be a Python number. ``static_or_array`` names the options that are static
+    while given as a Python number or None (one compilation per value) and traced when given an array (the focal
+    loss's ``alpha``). Every other parameter is an array: None where its annotation does not admit None, and a string
+    or other non-array, are a ``TypeError`` naming the function and the argument. Too many positional arguments
+    are a ``TypeError`` that names the keyword-only ones. Whether value checks are on (:func:`value_checks`, read
+    when the call is traced) is part of the cache key, so that :func:`checked` checks whatever was traced
+    before.
+    """
+
+    def wrap(loss: F) -> F:
+        name = loss.__name__
+        parameters = inspect.signature(loss).parameters
+        options = {
+            option: p
+            for option, p in parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+        undeclared = (set(static) | set(static_or_array)) - set(options)
+        if undeclared:
+            raise TypeError(f"jit_loss: {name}() has no parameters {sorted(undeclared)}")
+        arrays = {option: p for option, p in options.items() if option not in static}
+        positional = [option for option, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        keywords = [option for option, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+        def traced(*, checks_on, **kwargs):  # every argument by name, so that static ones may be given by position
+            with value_checks(checks_on):
+                return loss(**kwargs)
+
+        @functools.cache
+        def jitted(static_names: tuple[str, ...]):
+            return jax.jit(traced, static_argnames=(*static_names, "checks_on"))
+
+        @functools.wraps(loss)
+        def call(*args, **kwargs):
+            if len(args) > len(positional):
+                hint = f"; the others are keyword-only: pass them by name, e.g. {keywords[0]}=..." if keywords else ""
+                raise TypeError(
+                    f"{name}() takes {len(positional)} positional arguments ({', '.join(positional)}) but "
+                    f"{len(args)} were given{hint}"
+                )
+            for option, value in zip(positional, args, strict=False):
+                if option in kwargs:
+                    raise TypeError(f"{name}() got multiple values for argument {option!r}")
+                kwargs[option] = value
+            unknown = set(kwargs) - set(options)
+            if unknown:
+                raise TypeError(
+                    f"{name}() got unexpected keyword arguments {sorted(unknown)}; it takes {list(options)}"
+                )
+            for option, value in kwargs.items():
+                if option in arrays:
+                    _check_array_argument(name, option, arrays[option], value)
+                elif option in static:
+                    kwargs[option] = _static_option(name, option, value)
+            scalars = tuple(
+                option
+                for option in static_or_array
+                if option in kwargs and (kwargs[option] is None or is_python_number(kwargs[option]))
+            )
+            return jitted((*static, *scalars))(checks_on=value_checks_enabled(), **kwargs)
+
+        return call
+
+    return wrap
+
+
+def _check_array_argument(function: str, option: str, parameter: inspect.Parameter, value) -> None:
+    """A ``TypeError`` naming the function and the argument for None where an array is required, and for a value
+    that is no array (a string, a dict, ...); NumPy and Python scalars and (nested) lists are arrays."""
+    if value is None:
+        if type(None) not in typing.get_args(parameter.annotation):
+            raise TypeError(f"{function}(): {option} is required: an array, got None")
+        return
+    array_like = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, list, tuple)
+    convertible = hasattr(value, "__jax_array__") or hasattr(value, "__array__")  # pandas, torch CPU tensors
+    if isinstance(value, str | bytes) or not (isinstance(value, array_like) or convertible):
+        raise TypeError(f"{function}(): {option} must be an array, got {type(value).__name__}")
+
+
+def _static_option(function: str, option: str, value):
+    """A static option's value with NumPy scalars as Python numbers; a ``TypeError`` for a traced or array value,
+    which cannot be static."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, jax.Array | np.ndarray):
+        kind = "a traced value" if isinstance(value, jax.core.Tracer) else f"an array of shape {np.shape(value)}"
+        raise TypeError(
+            f"{function}(): {option} is a static option and must be a Python number (or a NumPy scalar), got "
+            f"{kind}; compilation specialises on its value, so pass it as a number, not as a jnp array or from "
+            "inside a traced function"
+        )
+    return value

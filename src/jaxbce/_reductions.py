@@ -1,0 +1,207 @@
+"""Weighting, masking and reduction of elementwise terms, and the fused CPU sums.
+
+The mask is applied twice over: :func:`prepare` replaces masked-out inputs by harmless values before a core sees
+them (so NaN or inf padding reaches neither the value nor any gradient), and :func:`masked_terms` zeroes their
+terms; the fused sums (:func:`sum_terms`) take the unmasked inputs times the mask instead, and fall back to the
+exact path where padding makes them NaN.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export
+from jax.custom_derivatives import SymbolicZero
+
+from jaxbce._double_word import rounded
+from jaxbce._numerics import weighted
+
+_MASKED_WEIGHT = 0.0  # a masked weight is 0, so that it drops out of the "weighted_mean" denominator
+
+
+class Terms(NamedTuple):
+    """A loss's elementwise core and, optionally, the same values in operations that XLA:CPU fuses into a sum
+    (``fusible``: no derivative and no care for ``0 * inf``; :func:`sum_terms` says when it is used)."""
+
+    exact: Callable[..., jax.Array]
+    fusible: Callable[..., jax.Array] | None = None
+
+
+def prepare(arrays, weight, keep, masked_values, dtype):
+    """``arrays`` and ``weight`` with their masked-out elements replaced by harmless values (``masked_values``
+    and 0), in ``dtype``; without a mask they keep their dtype: the sums cast them inside their loops."""
+    if keep is None:
+        return arrays, weight
+    values = [*masked_values, _MASKED_WEIGHT]
+    prepared = [
+        None if array is None else jnp.where(keep, array.astype(dtype), jnp.asarray(value, dtype))
+        for array, value in zip([*arrays, weight], values, strict=True)
+    ]
+    return prepared[:-1], prepared[-1]
+
+
+def masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -> jax.Array:
+    """``core`` of ``arrays`` cast to ``dtype``, times ``weight``, masked by ``keep``."""
+
+    def cast(array):
+        if array is None:
+            return None
+        if fusible and array.dtype == np.bool_:
+            # bool -> float is a loop that YNNPACK cannot take (it writes 4 bytes per element); bool -> uint8
+            # writes 1, and uint8 -> float is part of the fused sum.
+            array = array.astype(np.uint8)
+        return array.astype(dtype)
+
+    arrays, weight = [cast(array) for array in arrays], cast(weight)
+    removed = None if weight is None or fusible else weight == 0
+    if removed is not None:
+        # A zero weight removes its element from every derivative of the other arguments, even where the loss's
+        # derivative there is infinite (labels at logits near the largest float): the core's rule would make
+        # 0 * inf = NaN of the zero cotangent or tangent, so the element's inputs and loss are taken through
+        # a select with their stop_gradient, which drops it (reverse mode before the core, forward mode after).
+        arrays = [None if a is None else jnp.where(removed, jax.lax.stop_gradient(a), a) for a in arrays]
+    loss = core(*arrays)
+    if removed is not None:
+        loss = jnp.where(removed, jax.lax.stop_gradient(loss), loss)
+    if weight is not None:
+        # A zero weight removes its element's value even where the loss is infinite (0 * inf is taken as 0; the
+        # weight's own derivative there is the loss, or 0 where it is infinite); a NaN loss still propagates.
+        # The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
+        loss = weight * loss if fusible else weighted(weight, loss)
+    if keep is not None:
+        # The fusible terms are of the unmasked inputs: a masked element's finite loss * 0 is 0, and NaN or inf
+        # garbage makes the sum NaN, which sends it to the exact path (whose inputs are _prepare'd).
+        loss = loss * cast(keep) if fusible else jnp.where(keep, loss, 0)
+    return loss
+
+
+# XLA:CPU hands a reduction to YNNPACK from this many input elements on (jaxlib 0.10.2, measured); smaller sums
+# stay in XLA's own loops, where the fusible terms gain nothing and the NaN check would be a fixed cost.
+FUSIBLE_MIN_ELEMENTS = 4096
+
+
+def sum_terms(terms: Terms, dtype, arrays, weight, keep, masked_values, shape, axes) -> jax.Array:
+    """The sum over ``axes`` of the masked, weighted terms.
+
+    Why two evaluations: XLA:CPU hands a sum to YNNPACK together with the chain of arithmetic that feeds it, but
+    the exact cores use selects and ``reduce_precision``, which YNNPACK lacks; their terms are written to memory
+    and read back (an opaque no-op rounding keeps that to one array rather than two). Where a loss has
+    ``fusible`` terms, float32 sums of at least ``FUSIBLE_MIN_ELEMENTS`` elements on CPU are taken of those, in one
+    pass over the inputs, and the exact path runs only when that sum is NaN (an inf times a zero coefficient,
+    or a NaN input) or so small that subnormals flushed to 0 could matter. The derivative is always the exact
+    core's (:func:`_fused_sum`); other backends fuse the exact terms into their reductions and use them.
+    """
+
+    def exact_sum(arrays, weight, keep):
+        arrays, weight = prepare(arrays, weight, keep, masked_values, dtype)
+        return jnp.sum(rounded(masked_terms(terms.exact, dtype, arrays, weight, keep)), axis=axes)
+
+    size = math.prod(shape)
+    # A symbolic size (jax.export) counts as large.
+    small = not export.is_symbolic_dim(size) and size < FUSIBLE_MIN_ELEMENTS
+    if terms.fusible is None or dtype != np.float32 or small:
+        return exact_sum(arrays, weight, keep)
+
+    def fused_sum(arrays, weight, keep):
+        # The barrier keeps XLA from sharing subexpressions (casts, 1 - y, -x) with the gradient's loop:
+        # shared, they are written to memory as operands of both (the fusible terms take their constants
+        # opaque for the same reason).
+        opaque = jax.lax.optimization_barrier((arrays, weight, keep))
+        total = jnp.sum(masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
+        # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
+        # subnormal intermediates): below 2**-119 times its weight and pos_weight in every jaxbce loss. Those
+        # change a sum of n kept terms of at least n * 2**-64 by less than 2**-55 of itself (times the largest
+        # such coefficient); a smaller sum is taken exactly, and so is a NaN one. A sum of masked terms only is 0
+        # in both forms.
+        trusted = jnp.all(total >= _count(keep, shape, axes, dtype) * 2.0**-64)
+        return jax.lax.cond(trusted, lambda *_: total, exact_sum, arrays, weight, keep)
+
+    return _fused_sum(exact_sum, fused_sum, (arrays, weight, keep))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _fused_sum(exact_sum: Callable, fused_sum: Callable, operands: tuple) -> jax.Array:
+    """``fused_sum(*operands)`` on CPU, ``exact_sum(*operands)`` elsewhere, with the derivatives of
+    ``exact_sum`` on every backend and to every order."""
+    return jax.lax.platform_dependent(*operands, cpu=fused_sum, default=exact_sum)
+
+
+def _fused_sum_jvp(exact_sum, fused_sum, primals, tangents):
+    (operands,), (operand_tangents,) = primals, tangents
+    out = _fused_sum(exact_sum, fused_sum, operands)
+    leaves, tree = jax.tree.flatten(operands)
+    tangent_leaves = jax.tree.leaves(operand_tangents, is_leaf=lambda t: type(t) is SymbolicZero)
+    # Only the operands with a tangent are perturbed: the core's rule skips a partial derivative whose tangent
+    # is a symbolic zero (it may be infinite, and inf * 0 would be NaN), so those stay constants here.
+    live = [i for i, t in enumerate(tangent_leaves) if type(t) is not SymbolicZero]
+    if not live:
+        return out, jnp.zeros_like(out)
+
+    def exact_of_live(*values):
+        perturbed = list(leaves)
+        for i, value in zip(live, values, strict=True):
+            perturbed[i] = value
+        return exact_sum(*jax.tree.unflatten(tree, perturbed))
+
+    _, tangent = jax.jvp(exact_of_live, [leaves[i] for i in live], [tangent_leaves[i] for i in live])
+    return out, tangent
+
+
+_fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
+
+
+def normalize(total, shape, axes, reduction, keep, weight) -> jax.Array:
+    """``total`` (the sum over ``axes`` of terms of shape ``shape``) divided as ``reduction`` says."""
+    return total / denominator(reduction, shape, axes, keep, weight, total.dtype)
+
+
+def denominator(reduction, shape, axes, keep, weight, dtype) -> jax.Array:
+    """What ``reduction`` divides a sum over ``axes`` by, for terms of shape ``shape`` masked by ``keep`` (None:
+    all kept; it broadcasts to ``shape``): 1 for ``"sum"``, the kept elements for ``"mean"``, the kept weight for
+    ``"weighted_mean"``, and for ``"batchmean"`` the examples along the leading axis that keep at least one
+    element. Never 0: a mean over nothing (no kept element, or zero total weight) is 0 with zero gradient."""
+    if reduction == "sum":
+        return jnp.ones((), dtype)
+    if reduction == "batchmean":
+        if keep is None:
+            count = jnp.asarray(shape[0], dtype)
+        else:
+            keep = _aligned(keep, shape)
+            kept = jnp.any(keep, axis=tuple(range(1, len(shape))))
+            count = jnp.sum(kept, dtype=dtype) * (shape[0] if keep.shape[0] == 1 else 1)
+    elif reduction == "weighted_mean" and weight is not None:
+        count = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=dtype)
+    else:
+        count = _count(keep, shape, axes, dtype)
+    return jnp.where(count == 0, 1, count)
+
+
+def _aligned(keep: jax.Array, shape) -> jax.Array:
+    """``keep`` with as many dimensions as ``shape`` (leading ones added), so that its axes are ``shape``'s."""
+    return keep.reshape((1,) * (len(shape) - keep.ndim) + keep.shape)
+
+
+def _count(keep, shape, axes, dtype) -> jax.Array:
+    """The number of elements over ``axes`` that ``keep`` keeps (all of them for None), in ``dtype``. A mask that
+    is broadcast along an axis (a per-example ``(N, 1)`` mask of ``(N, C)`` terms) is summed over its own
+    elements and multiplied by the axis's size, not broadcast first: the fused losses' C may be millions."""
+    if keep is None:
+        return jnp.asarray(math.prod(shape[a] for a in axes), dtype)
+    keep = _aligned(keep, shape)
+    repeats = math.prod(shape[a] for a in axes if keep.shape[a] == 1 and shape[a] != 1)
+    out_shape = tuple(size for a, size in enumerate(shape) if a not in axes)
+
+    def count(keep):
+        return jnp.broadcast_to(jnp.sum(keep, axis=axes, dtype=dtype) * repeats, out_shape)
+
+    def count_on_cpu(keep):
+        # bool -> float is a loop of its own on XLA:CPU, which writes 4 bytes per element for YNNPACK to sum; a
+        # uint8 copy behind a barrier writes 1, and YNNPACK converts it as it sums (0.12 against 2.3 ns per
+        # element, measured).
+        return count(jax.lax.optimization_barrier(keep.astype(np.uint8)))
+
+    return jax.lax.platform_dependent(keep, cpu=count_on_cpu, default=count)
