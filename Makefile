@@ -4,16 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-thorough test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step clean
+.PHONY: demo dist test test-thorough test-oldest-jax test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,demo,notebooks,bench,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+# The demo in a venv of its own with only what it needs (jax, flax, optax, scikit-learn, tqdm).
+DEMO_STAMP := .venv-demo/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+$(DEMO_STAMP): pyproject.toml
+	test -x .venv-demo/bin/python || $(PYTHON) -m venv .venv-demo
+	.venv-demo/bin/python -m pip install --quiet --upgrade pip
+	.venv-demo/bin/python -m pip install --quiet -e ".[demo]"
+	rm -f .venv-demo/.installed-* && touch $@
+
+demo: $(DEMO_STAMP)
+	.venv-demo/bin/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -21,6 +29,23 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n auto --durations=15
+
+# The oldest jax/jaxlib that pyproject.toml declares (tests/test_packaging.py holds the two in step), in a venv of
+# its own with the test extras only: the core tests there. CI runs it after make test.
+OLDEST_JAX := 0.7.0
+OLDEST_TESTS := tests/test_losses.py tests/test_elementwise.py tests/test_pipeline.py tests/test_arguments.py \
+	tests/test_errors.py tests/test_checks.py tests/test_multilabel.py tests/test_linear.py tests/test_contrastive.py \
+	tests/test_transformations.py tests/test_sharding.py tests/test_export.py src
+test-oldest-jax:
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install --quiet --upgrade pip
+	.venv-oldest/bin/python -m pip install --quiet -e ".[test]" "jax==$(OLDEST_JAX)" "jaxlib==$(OLDEST_JAX)"
+	.venv-oldest/bin/python -m pytest -n auto -p no:cacheprovider --ignore=src/jaxbce/keras.py \
+		--deselect tests/test_sharding.py::test_every_example_in_the_scaling_docs_runs $(OLDEST_TESTS)
+
+# The sdist and the wheel, in dist/.
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation
 
 # The property tests with 2,000 new examples each (tests/conftest.py's "thorough" hypothesis profile).
 test-thorough: $(STAMP)
@@ -74,4 +99,4 @@ bench-train-step: $(STAMP)
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-demo .venv-oldest .pytest_cache .ruff_cache .hypothesis dist

@@ -5,6 +5,7 @@ small Flax NNX network with Optax on scikit-learn's bundled breast-cancer data (
 rare class with `pos_weight`; part 2 prints the loss and gradient of four implementations at extreme logits.
 """
 
+import sys
 import time
 
 import jax
@@ -48,12 +49,16 @@ def train(steps: int = 400) -> None:
 
     start = time.perf_counter()
     rng = np.random.default_rng(0)
-    with tqdm(range(steps), desc="training", unit="step") as progress:
+    # A bar on a terminal; in a log (CI, a pipe) a line every 100 steps instead of a redrawn bar.
+    on_terminal = sys.stderr.isatty()
+    with tqdm(range(steps), desc="training", unit="step", disable=not on_terminal) as progress:
         for step in progress:
             batch = rng.choice(len(x_train), size=64, replace=False)
             loss = train_step(model, optimizer, x_train[batch], y_train[batch])
-            if step % 50 == 0:
+            if on_terminal and step % 50 == 0:
                 progress.set_postfix(loss=f"{float(loss):.4f}")
+            elif not on_terminal and (step % 100 == 0 or step == steps - 1):
+                print(f"training: step {step + 1}/{steps}, loss {float(loss):.4f}", flush=True)
     elapsed = time.perf_counter() - start
 
     logits = np.asarray(model(jnp.asarray(x_test)))

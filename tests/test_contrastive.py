@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import jaxbce
+from jax_compat import enable_x64, set_mesh
 from materialised import dense_siglip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_one_device_equals_the_dense_form(chunk_size, masked):
 
 def test_float64_matches_the_dense_form_to_float64_rounding():
     images, texts = _embeddings(24, dtype=np.float64)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         loss = lambda *a: jaxbce.sigmoid_contrastive_loss(*a, chunk_size=5)  # noqa: E731
         got = jax.value_and_grad(loss, argnums=ARGNUMS)(images, texts, 3.0, -2.0)
         expected = jax.value_and_grad(dense_siglip, argnums=ARGNUMS)(images, texts, 3.0, -2.0)
@@ -125,7 +126,7 @@ def test_one_device_form_on_sharded_rows(where_spec, axis_type):
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     arguments = (put(images, P("data")), put(texts, P("data")), *scalars, put(where, where_spec))
     step = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS))
-    with jax.set_mesh(mesh):
+    with set_mesh(mesh):
         got = step(*arguments)
         hlo = step.lower(*arguments).compile().as_text()
     _close(got, expected, rtol=2e-5, atol=1e-6)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import reference
+from jax_compat import enable_x64
 from jaxbce._arguments import Role
 from loss_table import LOSSES
 
@@ -181,7 +182,7 @@ def _derivatives(name, options, dtype):
 def test_derivatives(name, options, dtype, request):
     loss = LOSSES[name]
     points, exact = _stored(request.node.callspec.id)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         grid = _grid(loss, dtype)
         np.testing.assert_array_equal(np.stack(grid, axis=1).astype(np.float64), points)  # the stored grid
         failures = []

@@ -8,6 +8,7 @@ import mpmath
 import numpy as np
 import pytest
 
+from jax_compat import enable_x64
 from jaxbce import _double_word as dw
 
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -26,7 +27,7 @@ def test_sums_are_exact(dtype):
     rng = np.random.default_rng(0)
     a, b = _magnitudes(rng, dtype, 4000, -20, 20), _magnitudes(rng, dtype, 4000, -20, 20)
     big, small = np.where(np.abs(a) >= np.abs(b), a, b), np.where(np.abs(a) >= np.abs(b), b, a)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         pairs = {"two_sum": jax.jit(dw.two_sum)(a, b), "fast_two_sum": jax.jit(dw.fast_two_sum)(big, small)}
     for name, (hi, lo) in pairs.items():
         for values in zip(a, b, np.asarray(hi), np.asarray(lo), strict=True):
@@ -42,7 +43,7 @@ def test_products_are_exact_down_to_the_smallest_normal_number(dtype):
     info = np.finfo(dtype)
     low = np.log10(info.tiny) / 2
     a, b = _magnitudes(rng, dtype, 4000, low, 0), _magnitudes(rng, dtype, 4000, low, 0)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         hi, lo = (np.asarray(v) for v in jax.jit(dw.two_product)(a, b))
     tiny = fractions.Fraction(float(info.tiny))
     for values in zip(a, b, hi, lo, strict=True):
@@ -66,7 +67,7 @@ def test_reduced_exp(dtype):
     mpmath.mp.dps = 50
     lowest = np.log(np.finfo(dtype).tiny)
     w = np.concatenate([np.linspace(lowest, 0.7, 3001), [0.0, -1e-30, -np.log(2) / 2]]).astype(dtype)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         *u, k = jax.jit(dw.reduced_exp)(w)
         hi, lo = jax.jit(lambda *u: dw.one_plus(*u))(*u)
     worst = max(
@@ -89,7 +90,7 @@ def test_power(dtype, exponent):
     hi = hi.astype(dtype)
     lo = (hi * rng.uniform(-0.5, 0.5, hi.size) * info.epsneg).astype(dtype)
     lo = np.where(hi == 1, 0, lo).astype(dtype)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         got_hi, got_lo = jax.jit(lambda *x: dw.power(dw.Pair(*x), exponent))(hi, lo)
     worst = max(
         _relative_eps(gh, gl, _mpf(h, low) ** exponent, dtype)

@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 import reference
+from jax_compat import enable_x64
 from jaxbce import _numerics, binary_cross_entropy_with_logits
 
 LABELS = (0.0, 1.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1 - 1e-3)
@@ -49,7 +50,7 @@ def _loss_and_grad(x, y, pos_weight, label_smoothing):
 def test_accuracy_against_mpmath(dtype, pos_weight, label_smoothing):
     """Loss and logits gradient against 50-digit mpmath over logits in [-1e4, 1e4] and the contract's labels."""
     x, y, (ref_loss, ref_grad, ref_scale) = _reference(dtype, pos_weight, label_smoothing)
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         loss, grad = _loss_and_grad(jnp.asarray(x, dtype), jnp.asarray(y, dtype), pos_weight, label_smoothing)
     plain = pos_weight == 1.0 and label_smoothing == 0.0
     loss_bound, grad_bound = BOUNDS["plain" if plain else "extra"]
@@ -88,7 +89,7 @@ def test_gradient_at_zero_is_half_minus_label_exactly(dtype, label):
 def test_hessian_at_zero_is_a_quarter(label):
     hessian = jax.hessian(lambda x: binary_cross_entropy_with_logits(x, label))(0.0)
     assert hessian == 0.25
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = jnp.zeros((), jnp.float64)
         assert jax.hessian(lambda v: binary_cross_entropy_with_logits(v, label))(x) == 0.25
         third = jax.jacfwd(jax.hessian(lambda v: binary_cross_entropy_with_logits(v, label)))(x)
@@ -126,7 +127,7 @@ def test_nan_propagates():
 def test_check_grads_every_argument_to_second_order(label_smoothing):
     """Forward and reverse mode, first and second order, in float64, for logits, labels, weight, pos_weight."""
     rng = np.random.default_rng(0)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = jnp.asarray(rng.normal(scale=3.0, size=(3, 4)))
         y = jnp.asarray(rng.uniform(0.05, 0.95, size=(3, 4)))
         w = jnp.asarray(rng.uniform(0.5, 2.0, size=(3, 4)))
@@ -149,7 +150,7 @@ def test_check_grads_every_argument_to_second_order(label_smoothing):
 
 def test_hessian_matches_closed_form():
     """d2/dx2 = (pw*y + 1 - y) * sigmoid(x) * sigmoid(-x) (float64 reference)."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = jnp.linspace(-40.0, 40.0, 81)
         y, pw = 0.3, 2.5
 
@@ -177,7 +178,7 @@ def test_sigmoid_pair_is_within_a_tenth_of_an_eps(dtype):
     """sigmoid(-|x|) as a double-word pair, against 50-digit mpmath, where the pair's low part is normal
     (sigmoid >= 2**p * tiny; below, the pair degrades towards one number of the dtype)."""
     x = -np.abs(reference.logit_grid(dtype, dense=401, log_points=300, tail=241))
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         hi, lo = (np.asarray(v) for v in jax.jit(_numerics.sigmoid_pair)(x))
     worst = 0.0
     for xi, h, low in zip(x, hi, lo, strict=True):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from jax_compat import enable_x64
 from jaxbce._registry import LOSSES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ ELEMENTARY = ("two_sum", "fast_two_sum", "two_product", "add", "multiply", "divi
 @pytest.mark.parametrize("name", ELEMENTARY)
 def test_elementary_routines_keep_every_operation_on_cpu(name, dtype):
     function, arguments = hlo_evidence.ROUTINES[name]
-    with jax.enable_x64(dtype == np.float64):
+    with enable_x64(dtype == np.float64):
         lowered = jax.jit(function).lower(*[hlo_evidence.cpu_spec(dtype)] * arguments)
         before = hlo_evidence.op_counts(lowered.as_text(dialect="hlo"))
         after = hlo_evidence.op_counts(lowered.compile(hlo_evidence.NO_FUSION).as_text())

@@ -22,6 +22,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxbce
+from jax_compat import enable_x64, set_mesh
 from materialised import linear_bce
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -223,7 +224,7 @@ class EqualsMaterialisedTest(parameterized.TestCase):
 
     def test_float64(self):
         p = _problem(seed=5)
-        with jax.enable_x64(True):
+        with enable_x64(True):
             args = [p[n].astype(np.float64) for n in ("features", "kernel", "bias")]
 
             def fused(f, k, b):
@@ -516,7 +517,7 @@ class ShardedTest(parameterized.TestCase):
         step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
         names = ("features", "kernel", "bias", "pos_weight", target, "where")
         expected_value, expected_grads = step(*(jax.device_put(p[n], jax.devices()[0]) for n in names))
-        with jax.set_mesh(mesh):
+        with set_mesh(mesh):
             value, grads = step(*(sharded[n] for n in names))
             hlo = step.lower(*(sharded[n] for n in names)).compile().as_text()
             per_example = jax.jit(functools.partial(loss, reduction="none"))(*(sharded[n] for n in names))
@@ -546,7 +547,7 @@ class ShardedTest(parameterized.TestCase):
             return jax.lax.psum(total, ("data", "model")) / (kept * classes)
 
         args = (sharded["features"], sharded["kernel"], sharded["positives"], sharded["where"])
-        with jax.set_mesh(mesh):
+        with set_mesh(mesh):
             value, grads = jax.value_and_grad(global_mean, argnums=(0, 1))(*args)
         expected, expected_grads = jax.value_and_grad(
             lambda f, k: jaxbce.linear_binary_cross_entropy(f, k, positives=p["positives"], where=p["where"]),

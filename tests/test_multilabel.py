@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxbce
 import reference
+from jax_compat import enable_x64
 from jaxbce._arguments import Role
 from loss_table import LOSSES
 
@@ -280,7 +281,7 @@ def test_asymmetric_value_and_gradient_against_mpmath(dtype, clip, gamma_pos, ga
     for label in (0.0, 1.0, 0.3):
         y = np.full_like(x, label)
         exact, exact_grad, scale = reference.asymmetric(x, y, **options)
-        with jax.enable_x64(dtype == np.float64):
+        with enable_x64(dtype == np.float64):
             value = loss(x, y)
             grad = jax.grad(lambda v, y=y: jnp.sum(loss(v, y)))(x)
         hard = label in (0.0, 1.0)

@@ -11,6 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 import jaxbce
+from jax_compat import enable_x64
 from jaxbce import binary_cross_entropy_with_logits as bce
 
 RNG = np.random.default_rng(42)
@@ -136,7 +137,7 @@ class DtypeTest(parameterized.TestCase):
         np.testing.assert_array_equal(bce(X, hard, reduction="none"), expected)
 
     def test_float64_under_x64(self):
-        with jax.enable_x64(True):
+        with enable_x64(True):
             x, y = X.astype(np.float64), Y.astype(np.float64)
             out = bce(x, y, reduction="none")
             self.assertEqual(out.dtype, np.float64)

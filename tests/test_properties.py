@@ -16,6 +16,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import jaxbce
+from jax_compat import enable_x64
 from loss_table import LOSSES
 
 # The public losses: every name of the API defined in jaxbce._losses (not the value-check helpers).
@@ -38,7 +39,7 @@ SPECIAL_LOGITS = (0.0, -0.0, 1e-40, -1e-40, 1e-8, 0.5, 1.0, 17.0, 30.0, 88.0, 10
 
 
 def _x64(dtype):
-    return jax.enable_x64(np.dtype(dtype) == np.float64)
+    return enable_x64(np.dtype(dtype) == np.float64)
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import jaxbce
+from jax_compat import set_mesh
 from jaxbce._arguments import Role
 from loss_table import LOSSES
 
@@ -141,7 +142,7 @@ class MeshTest(parameterized.TestCase):
             return jax.lax.psum(local_sum, ("data", "model")) / jax.lax.psum(local_count, ("data", "model"))
 
         args = (sharded["x"], sharded["y"], sharded["where"], sharded["pos_weight"])
-        with jax.set_mesh(mesh):  # explicit mesh axes: jit(shard_map) runs inside the mesh context
+        with set_mesh(mesh):  # explicit mesh axes: jit(shard_map) runs inside the mesh context
             value = global_mean(*args)
             grad = jax.grad(lambda x: global_mean(x, *args[1:]))(args[0])
         expected = jaxbce.binary_cross_entropy_with_logits(
@@ -272,7 +273,7 @@ def test_every_loss_in_every_sharding_mode(name, mode, layout):
     mesh = _mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
     sharded = [jax.device_put(arguments[n], NamedSharding(mesh, specs[n])) for n in names]
     step = jax.jit(jax.value_and_grad(total, argnums=differentiable))
-    with jax.set_mesh(mesh):
+    with set_mesh(mesh):
         value, grads = step(*sharded)
         hlo = step.lower(*sharded).compile().as_text()
         if reduction == "none" and mode != "shard_map":
@@ -340,7 +341,7 @@ def test_weight_helpers_in_every_sharding_mode(mode):
         objective = jax.shard_map(total, mesh=mesh, in_specs=(P(), P()), out_specs=P())
         spec = P()
     arguments = [jax.device_put(a, NamedSharding(mesh, spec)) for a in (positives, totals)]
-    with jax.set_mesh(mesh):
+    with set_mesh(mesh):
         got = (jax.jit(weights)(*arguments), jax.jit(jax.grad(objective, argnums=(0, 1)))(*arguments))
     for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-9)

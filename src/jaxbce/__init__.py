@@ -21,7 +21,7 @@ from jaxbce._losses import (
 from jaxbce._value_checks import checked, value_checks
 from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "asymmetric_loss",
