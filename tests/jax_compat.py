@@ -6,7 +6,7 @@ import jax.experimental
 
 # The mesh context manager: jax.set_mesh arrived after 0.7.0, which has jax.sharding.use_mesh (there,
 # jax.sharding.set_mesh is a plain setter).
-set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+set_mesh = jax.set_mesh if hasattr(jax, "set_mesh") else jax.sharding.use_mesh
 
 # Float64 in a scope: jax.enable_x64 arrived after 0.7.0, which has jax.experimental.enable_x64.
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
+enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64

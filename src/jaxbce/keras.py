@@ -101,7 +101,7 @@ class BinaryCrossentropy(_JaxbceLoss):
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str = "binary_crossentropy",
-        dtype=None,
+        dtype: str | None = None,
     ):
         options = {"label_smoothing": label_smoothing, "pos_weight": pos_weight}
         super().__init__(
@@ -131,7 +131,10 @@ class BinaryFocalCrossentropy(_JaxbceLoss):
       gamma: focusing parameter ``>= 0``.
       from_logits: True (the default here) when ``y_pred`` holds logits; False converts probabilities exactly.
       label_smoothing: applied to the labels before ``p_t`` and ``alpha_t``, as in Keras.
-      axis, reduction, name, dtype: as for :class:`BinaryCrossentropy`.
+      axis: the axis averaged per example.
+      reduction: Keras's reduction of the per-example losses.
+      name: the loss's name.
+      dtype: Keras's dtype of the computation.
     """
 
     def __init__(
@@ -143,7 +146,7 @@ class BinaryFocalCrossentropy(_JaxbceLoss):
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str = "binary_focal_crossentropy",
-        dtype=None,
+        dtype: str | None = None,
     ):
         options = {"alpha": alpha, "gamma": gamma, "label_smoothing": label_smoothing}
         super().__init__(
@@ -159,9 +162,14 @@ class AsymmetricLoss(_JaxbceLoss):
     """The asymmetric loss (ASL) for multi-label classification: :func:`jaxbce.asymmetric_loss` as a Keras loss.
 
     Args:
-      gamma_pos, gamma_neg, clip: as for :func:`jaxbce.asymmetric_loss` (the paper's defaults 0, 4 and 0.05).
+      gamma_pos: focusing parameter of the positive term (the paper's default 0).
+      gamma_neg: focusing parameter of the negative term (the paper's default 4).
+      clip: probability margin shifted off the negatives (the paper's default 0.05).
       from_logits: True (the default here) when ``y_pred`` holds logits; False converts probabilities exactly.
-      axis, reduction, name, dtype: as for :class:`BinaryCrossentropy`.
+      axis: the axis averaged per example.
+      reduction: Keras's reduction of the per-example losses.
+      name: the loss's name.
+      dtype: Keras's dtype of the computation.
     """
 
     def __init__(
@@ -173,7 +181,7 @@ class AsymmetricLoss(_JaxbceLoss):
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str = "asymmetric_loss",
-        dtype=None,
+        dtype: str | None = None,
     ):
         options = {"gamma_pos": gamma_pos, "gamma_neg": gamma_neg, "clip": clip}
         super().__init__(
