@@ -275,8 +275,8 @@ def sigmoid_contrastive_loss(
       >>> jaxbce.sigmoid_contrastive_loss(x, x, 10.0, -10.0)
       Array(0.78989613, dtype=float32)
       >>> logits = 10.0 * x @ x.T - 10.0  # the dense form, big_vision's
-      >>> -jnp.sum(jax.nn.log_sigmoid((2 * jnp.eye(3) - 1) * logits)) / 3
-      Array(0.789896, dtype=float32)
+      >>> print(f"{-jnp.sum(jax.nn.log_sigmoid((2 * jnp.eye(3) - 1) * logits)) / 3:.6f}")
+      0.789896
     """
     images = checked_array("image_embeddings", image_embeddings, Role.LOGITS)
     texts = checked_array("text_embeddings", text_embeddings, Role.LOGITS)
@@ -311,9 +311,10 @@ def sigmoid_contrastive_loss(
         kept = jnp.sum(keep, dtype=dtype)
     if axis_name is not None:
         kept = jax.lax.psum(kept, axis_name)
-    row_scale = jnp.full((batch,), 1, dtype) / jnp.where(kept == 0, 1, kept)
-    if keep is not None:
-        row_scale = jnp.where(keep, row_scale, 0)
+    per_row = 1 / jnp.where(kept == 0, 1, kept)
+    # From the mask where there is one, so that the row scale has the rows' sharding (jax 0.7.0 rejects a select
+    # between a replicated array and a sharded mask under Explicit axes).
+    row_scale = jnp.full((batch,), per_row, dtype) if keep is None else jnp.where(keep, per_row, 0).astype(dtype)
     rows = chunk_size or _ROWS
     if isinstance(batch, int):  # else a symbolic B (jax.export): blocks of the static size, the last padded
         rows = max(min(rows, batch), 1)
