@@ -166,8 +166,13 @@ def sigmoid_focal(x: jax.Array, y: jax.Array, alpha: jax.Array | None, gamma: fl
     ce = bce_with_logits(x, y, None, label_smoothing)
     terms = _focal_terms(x, y, alpha, gamma, label_smoothing)
     scale = terms.factor if terms.alpha_t is None else dw.multiply(terms.factor, terms.alpha_t)
-    # An infinite bce (an infinite logit against its label) times a zero factor is 0.
-    return jnp.where(jnp.isinf(ce), weighted(scale.hi, ce), dw.value(dw.multiply(scale, ce)))
+    # An infinite bce (an infinite logit against its label) times a zero factor is 0. Within a factor 2 of the
+    # largest float, the split of bce in the double-word product rounds up to inf (NaN products): there it is
+    # multiplied by each half of the scale in plain arithmetic, within 1.5 eps.
+    near_overflow = jnp.abs(ce) > jnp.finfo(ce.dtype).max / 2
+    plain = scale.hi * ce + scale.lo * ce
+    exact = jnp.where(near_overflow, plain, dw.value(dw.multiply(scale, ce)))
+    return jnp.where(jnp.isinf(ce), weighted(scale.hi, ce), exact)
 
 
 @define_partials(sigmoid_focal)
