@@ -238,6 +238,15 @@ class FocalLimitsTest(parameterized.TestCase):
         # Confident and right: zero gradient. Confidently wrong: the BCE gradient (modulating factor 1).
         np.testing.assert_allclose(grad[:4], [0.0, 0.0, alpha_neg, -alpha_pos], atol=1e-30)
 
+    def test_value_at_the_largest_logits(self):
+        """Confidently wrong at logits within a factor 2 of float32's maximum: alpha_t * x, as the float64 formula
+        gives there (sigmoid(x) rounds to 1 and log1p(exp(-|x|)) to 0); make test-thorough found NaN here."""
+        x = np.array([3.4024083e38, -3.4028235e38, 2e38, 3.4028235e38], np.float32)
+        y = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+        got = jaxbce.sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0, reduction="none")
+        expected = np.abs(x.astype(np.float64)) * np.where(y == 1, 0.25, 0.75) * (y != np.sign(x).clip(0))
+        np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=2 * np.finfo(np.float32).eps)
+
     def test_gamma_zero_is_alpha_weighted_bce(self):
         x, y = np.linspace(-20, 20, 41, dtype=np.float32), np.linspace(0, 1, 41, dtype=np.float32)
         focal = jaxbce.sigmoid_focal_loss(x, y, alpha=None, gamma=0.0, reduction="none")
