@@ -22,15 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbce import _elementwise
-from jaxbce._arguments import check_chunk_size
 from jaxbce._numerics import weighted
 
 # A chunk's float32 logits and their gradient are about this many elements each: 8 MiB, small next to a
 # kernel worth chunking, and large enough that each matmul runs at full speed (2^21 / 1024 rows = 2048
 # classes per chunk).
-_CHUNK_ELEMENTS = 2**21
+CHUNK_ELEMENTS = 2**21
 # Below this many classes a matmul chunk is too thin to run at full speed.
-_MIN_CHUNK = 256
+MIN_CHUNK = 256
 
 
 class Layout(NamedTuple):
@@ -78,8 +77,9 @@ class Targets(NamedTuple):
 
 
 def choose_layout(classes: int, rows: int, chunk_size: int | None) -> Layout:
-    check_chunk_size(chunk_size)
-    target = chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(rows, 1))
+    """Chunks of ``chunk_size`` classes (a checked positive int), or, for None, about ``CHUNK_ELEMENTS`` logits
+    of ``rows`` rows each and at least ``MIN_CHUNK`` classes."""
+    target = chunk_size or max(MIN_CHUNK, CHUNK_ELEMENTS // max(rows, 1))
     if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
         return Layout(classes, target, -(-classes // target))
     chunks = -(-classes // target)

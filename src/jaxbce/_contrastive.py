@@ -72,7 +72,7 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     ``row_offset + i`` (a negative or out-of-range offset: no positive). Returns the row losses and, if
     ``gradients``, the gradients of ``sum(row_scale * row_losses)``."""
     rows, classes = images.shape[0], texts.shape[0]
-    layout = _chunks.choose_layout(classes, rows, config.chunk_size or max(256, _BLOCK_ELEMENTS // rows))
+    layout = _chunks.choose_layout(classes, rows, config.chunk_size or max(_chunks.MIN_CHUNK, _BLOCK_ELEMENTS // rows))
     linear_config = _chunks.Config(layout, 0.0, None, config.precision, config.dtype)
     kernel = scale * texts.T
     parameters = _chunks.Parameters(
