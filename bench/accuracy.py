@@ -338,7 +338,8 @@ def main():
     missing = set(LOSSES) - set(results)
     if missing:
         raise SystemExit(f"registered losses without an accuracy table here: {sorted(missing)}")
-    out = ROOT / "bench" / "results" / "accuracy.json"
+    backend = jax.default_backend()
+    out = ROOT / "bench" / "results" / ("accuracy.json" if backend == "cpu" else f"accuracy-{backend}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)

@@ -192,6 +192,62 @@ def train_step_section(data, backend: str) -> list[str]:
     return lines
 
 
+def compile_section(data, backend: str) -> list[str]:
+    lines = _results_section(
+        "Compile time",
+        data,
+        "What a loss costs before its first step (`bench/compile.py`): `jax.jit(jax.value_and_grad(loss))` at "
+        "(16, 16) (the fused loss at 16 x 32 x 512, the SigLIP loss at 16 pairs of 32-dimensional embeddings), "
+        "`jax.jit(jax.hessian(loss))` at (2, 4), trace + lower and compile seconds and StableHLO KiB, and "
+        "`jax.test_util.check_grads(order=2)` on 4 elements; medians of 5 rounds, each from cleared caches, "
+        "against the optax counterpart in the same process (for the asymmetric loss, optax's focal loss).",
+        "loss",
+        "value_and_grad s",
+        "/ optax",
+        "KiB",
+        "hessian s",
+        "/ optax",
+        "KiB",
+        "check_grads s",
+        "/ optax",
+    )
+    for row in data["elementwise"] + data["fused_and_contrastive"]:
+        cells = []
+        for kind in ("value_and_grad", "hessian", "check_grads"):
+            entry = row.get(kind)
+            if entry is None:
+                cells += ["–"] * (3 if kind != "check_grads" else 2)
+                continue
+            ratio = entry.get("jaxbce / optax", {}).get("total_s")
+            cells += [f"{entry['jaxbce']['total_s']:.2f}", "–" if ratio is None else f"{ratio:.2f}"]
+            if kind != "check_grads":
+                cells.append(f"{entry['jaxbce']['stablehlo_kib']:.0f}")
+        lines.append(f"| {row['loss']} | {' | '.join(cells)} |")
+    lines += ["", "The first call of `bench/train_step.py`'s Adam step (trace, compile and one run):", ""]
+    lines += _table_head("hidden", "batch x classes", "jaxbce s", "optax s", "jaxbce / optax")
+    for row in data["train_step_first_call"]:
+        lines.append(
+            f"| {row['hidden']} | {row['batch']} x {row['classes']:,} | {row['jaxbce']['first_call_s']:.2f} "
+            f"| {row['optax']['first_call_s']:.2f} | {row['jaxbce / optax']['first_call_s']:.2f} |"
+        )
+    lines += ["", f"![compile time](assets/compile-{backend}.png)", ""]
+    return lines
+
+
+def _compile_readme(data) -> list[str]:
+    lines = _table_head("loss", "jit(value_and_grad) / optax", "jit(hessian) / optax", "StableHLO of the Hessian")
+    for row in data["elementwise"]:
+        if "jaxbce / optax" not in row["value_and_grad"]:
+            continue
+        vg, hessian = row["value_and_grad"], row["hessian"]
+        lines.append(
+            f"| {row['loss']} ({row['optax counterpart']}) | {vg['jaxbce / optax']['total_s']:.2f} "
+            f"| {hessian['jaxbce / optax']['total_s']:.2f} | {hessian['jaxbce']['stablehlo_kib']:.0f} KiB "
+            f"(optax {hessian['optax']['stablehlo_kib']:.0f}) |"
+        )
+    return lines
+
+
 def _gib(value: int) -> str:
     return f"{value / 2**30:.3g}"
 
@@ -384,6 +440,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
         "train-step": train,
         "fused": fused,
         "contrastive": _contrastive_readme(json.loads((results / "contrastive-cpu.json").read_text())),
+        "compile": _compile_readme(json.loads((results / "compile-cpu.json").read_text())),
     }
 
 
@@ -404,6 +461,8 @@ def main() -> None:
         lines += speed_section(json.loads(path.read_text()))
     for path in sorted(RESULTS.glob("train-step-*.json")):
         lines += train_step_section(json.loads(path.read_text()), path.stem.removeprefix("train-step-"))
+    for path in sorted(RESULTS.glob("compile-*.json")):
+        lines += compile_section(json.loads(path.read_text()), path.stem.removeprefix("compile-"))
     for path in sorted(RESULTS.glob("fused-*.json")):
         lines += fused_section(json.loads(path.read_text()), path.stem.removeprefix("fused-"))
     for path in sorted(RESULTS.glob("contrastive-*.json")):

@@ -57,23 +57,27 @@ def step_for(loss, optimizer):
     return step
 
 
+def inputs(hidden: int, batch: int, classes: int, optimizer) -> tuple:
+    """The step's arguments: (params, optimizer state, inputs, labels, pos_weight)."""
+    rng = np.random.default_rng(0)
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(FEATURES, hidden)) / 16, jnp.float32),
+        "b1": jnp.zeros(hidden),
+        "w2": jnp.asarray(rng.normal(size=(hidden, classes)) / np.sqrt(hidden), jnp.float32),
+        "b2": jnp.zeros(classes),
+    }
+    x = jnp.asarray(rng.normal(size=(batch, FEATURES)), jnp.float32)
+    y = jnp.asarray(rng.uniform(size=(batch, classes)) < 0.05, jnp.float32)
+    pw = jnp.asarray(rng.uniform(1, 20, size=classes), jnp.float32)
+    return params, optimizer.init(params), x, y, pw
+
+
 def run(rounds_count: int = 7) -> list[dict]:
     rows = []
     optimizer = optax.adam(1e-3)
     for hidden in HIDDEN:
         for batch, classes in SHAPES:
-            rng = np.random.default_rng(0)
-            params = {
-                "w1": jnp.asarray(rng.normal(size=(FEATURES, hidden)) / 16, jnp.float32),
-                "b1": jnp.zeros(hidden),
-                "w2": jnp.asarray(rng.normal(size=(hidden, classes)) / np.sqrt(hidden), jnp.float32),
-                "b2": jnp.zeros(classes),
-            }
-            x = jnp.asarray(rng.normal(size=(batch, FEATURES)), jnp.float32)
-            y = jnp.asarray(rng.uniform(size=(batch, classes)) < 0.05, jnp.float32)
-            pw = jnp.asarray(rng.uniform(1, 20, size=classes), jnp.float32)
-            state = optimizer.init(params)
-            args = (params, state, x, y, pw)
+            args = inputs(hidden, batch, classes, optimizer)
             compiled = {name: step_for(loss, optimizer).lower(*args).compile() for name, loss in LOSSES.items()}
             # Interleaved rounds (the three steps alternate), each the median of enough steps for 0.2 s.
             first = measure.median_seconds(compiled["jaxbce"], args, 3)

@@ -312,6 +312,21 @@ def test_asymmetric_soft_labels_are_linear_and_pos_weight_scales_positives():
     np.testing.assert_allclose(loss(x, y, pos_weight=pw), pw * y * positive + (1 - y) * negative, rtol=1e-6)
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_asymmetric_weighted_positive_gradient_is_scaled_before_it_is_rounded(stop):
+    """At x = 86..88, sigmoid(-x) is subnormal in float32 (flushed to 0 by XLA), but pos_weight * weight *
+    sigmoid(-x) is a normal number: the positive term carries pos_weight inside the BCE core, which scales
+    before it rounds (make test-thorough found the 0 that forming sigmoid(-x) first gave). Reference: the
+    float64 formula -weight * pos_weight * sigmoid(-x)."""
+    x = np.array([86.0, 87.5, 88.0], np.float32)
+    four = np.full(3, 4.0, np.float32)
+    loss = functools.partial(jaxbce.asymmetric_loss, reduction="sum", stop_focusing_gradient=stop)
+    grad = jax.grad(lambda v: loss(v, np.ones(3, np.float32), weight=four, pos_weight=four))(x)
+    expected = -16 / (1 + np.exp(x.astype(np.float64)))
+    assert (-expected > np.finfo(np.float32).tiny).all()
+    np.testing.assert_allclose(grad, expected, rtol=4e-7)
+
+
 def test_asymmetric_stop_focusing_gradient_matches_the_weighted_bce_gradient():
     """With the focusing weights held constant, the gradient is the weights times the cross-entropy gradients
     (float64 formula: -(1 - p)**gamma_pos (1 - p) for positives, p_m**gamma_neg p (1 - p) / (1 - p_m) for

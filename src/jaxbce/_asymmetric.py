@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbce import _double_word as dw
+from jaxbce._elementwise import bce_with_logits
 from jaxbce._focal import accurate_q_power, sigmoid_focal
-from jaxbce._numerics import corrected, define_partials, neg_abs, sigmoid, sigmoid_pair, softplus, weighted
+from jaxbce._numerics import corrected, define_partials, neg_abs, sigmoid_pair, sigmoids, softplus, weighted
 
 # Below this p_m, -log(1 - p_m) is summed as a series (see the module docs).
 _SERIES_BELOW = 1 / 16
@@ -103,8 +104,9 @@ def _clipped_plain(x: jax.Array, clip: float):
     # Where not kept, x0 - x can be large (expm1 overflows, times a sigmoid that underflows): compute at x0 + 1
     # instead, so that the branch not taken has finite derivatives too.
     x = jnp.where(kept, x, x0 + 1)
-    p_m = jnp.where(kept, (1 - clip) * sigmoid(x) * -jnp.expm1(x0 - x), 0.5)
-    neg_log_v = jnp.where(p_m < 0.5, -jnp.log1p(-p_m), -jnp.log(sigmoid(-x) + clip))
+    sigmoid_x, sigmoid_minus_x = sigmoids(x)
+    p_m = jnp.where(kept, (1 - clip) * sigmoid_x * -jnp.expm1(x0 - x), 0.5)
+    neg_log_v = jnp.where(p_m < 0.5, -jnp.log1p(-p_m), -jnp.log(sigmoid_minus_x + clip))
     return kept, p_m, neg_log_v
 
 
@@ -115,9 +117,41 @@ def _power(base: jax.Array, exponent: float) -> jax.Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def clipped_negative(x: jax.Array, gamma: float, clip: float) -> jax.Array:
     """p_m**gamma * -log(1 - p_m) with p_m = max(sigmoid(x) - clip, 0), for clip in (0, 1)."""
-    kept, p_m, _, neg_log_v, _, _ = _clipped_pairs(x, clip)
-    value = dw.value(dw.multiply(dw.power(p_m, gamma), neg_log_v)) if gamma else dw.value(neg_log_v)
-    return jnp.where(kept, value, 0)
+    return _clipped_negative_value(_clipped_pairs(x, clip), gamma)
+
+
+def _clipped_negative_value(pairs: _Clipped, gamma: float) -> jax.Array:
+    value = dw.multiply(dw.power(pairs.p_m, gamma), pairs.neg_log_v) if gamma else pairs.neg_log_v
+    return jnp.where(pairs.kept, dw.value(value), 0)
+
+
+def _clipped_negative_slope(x: jax.Array, pairs: _Clipped, gamma: float) -> jax.Array:
+    """p' (gamma p_m**(gamma - 1) (-log v) + p_m**gamma / v), p' = sigmoid(x) sigmoid(-x), from pairs."""
+    kept, p_m, v, neg_log_v, small, large = pairs
+    # Where sigmoid(-x) underflows (x > 87 in float32) the product with factor (up to 1/clip) can still be a
+    # normal number: beyond exp(-x) < eps**2, where sigmoid(-x) = exp(-x) (1 - exp(-x)) is exp(-x) to the
+    # pairs' precision, it is taken 2**64 times larger and the result scaled back exactly.
+    nx = neg_abs(x)
+    tail = nx < 2 * math.log(np.finfo(x.dtype).eps)
+    *u, k = dw.reduced_exp(nx)
+    shift = jnp.where(tail, 64, 0).astype(x.dtype)
+    small = dw.select(tail, dw.times_power_of_two(dw.one_plus(*u), k + shift), small)
+    one = dw.Pair(jnp.ones_like(x), jnp.zeros_like(x))
+    if gamma:
+        lower = dw.power(p_m, gamma - 1)
+        factor = dw.add(
+            dw.multiply(dw.multiply(lower, neg_log_v), dw.constant(gamma, x.dtype)),
+            dw.divide(dw.multiply(lower, p_m), v),
+        )
+    else:
+        factor = dw.divide(one, v)
+    scaled = dw.value(dw.multiply(factor, dw.multiply(small, large)))
+    return jnp.where(kept, dw.times_power_of_two(scaled, -shift), 0)
+
+
+def _clipped_negative_value_and_slope(gamma, clip, x):
+    pairs = _clipped_pairs(x, clip)
+    return _clipped_negative_value(pairs, gamma), _clipped_negative_slope(x, pairs, gamma)
 
 
 def _clipped_negative_plain(x, gamma, clip):
@@ -125,52 +159,54 @@ def _clipped_negative_plain(x, gamma, clip):
     return jnp.where(kept, (_power(p_m, gamma) if gamma else 1) * neg_log_v, 0)
 
 
-@define_partials(clipped_negative)
+def _clipped_negative_slope_plain(gamma, clip, x):
+    return jax.jvp(lambda z: _clipped_negative_plain(z, gamma, clip), (x,), (jnp.ones_like(x),))[1]
+
+
+@define_partials(
+    clipped_negative, value_and_slope=_clipped_negative_value_and_slope, plain_slope=_clipped_negative_slope_plain
+)
 def _clipped_negative_partials(gamma, clip, x):
-    def d_logits():
-        # p' (gamma p_m**(gamma - 1) (-log v) + p_m**gamma / v), p' = sigmoid(x) sigmoid(-x), from pairs.
-        kept, p_m, v, neg_log_v, small, large = _clipped_pairs(x, clip)
-        # Where sigmoid(-x) underflows (x > 87 in float32) the product with factor (up to 1/clip) can still
-        # be a normal number: beyond exp(-x) < eps**2, where sigmoid(-x) = exp(-x) (1 - exp(-x)) is exp(-x)
-        # to the pairs' precision, it is taken 2**64 times larger and the result scaled back exactly.
-        nx = neg_abs(x)
-        tail = nx < 2 * math.log(np.finfo(x.dtype).eps)
-        *u, k = dw.reduced_exp(nx)
-        shift = jnp.where(tail, 64, 0).astype(x.dtype)
-        small = dw.select(tail, dw.times_power_of_two(dw.one_plus(*u), k + shift), small)
-        one = dw.Pair(jnp.ones_like(x), jnp.zeros_like(x))
-        if gamma:
-            lower = dw.power(p_m, gamma - 1)
-            factor = dw.add(
-                dw.multiply(dw.multiply(lower, neg_log_v), dw.constant(gamma, x.dtype)),
-                dw.divide(dw.multiply(lower, p_m), v),
-            )
-        else:
-            factor = dw.divide(one, v)
-        scaled = dw.value(dw.multiply(factor, dw.multiply(small, large)))
-        accurate = jnp.where(kept, dw.times_power_of_two(scaled, -shift), 0)
-        plain = jax.jvp(lambda z: _clipped_negative_plain(z, gamma, clip), (x,), (jnp.ones_like(x),))[1]
-        return corrected(plain, accurate)
-
-    return (d_logits,)
+    return (None,)
 
 
-def _focusing_weights_stopped(x, gamma_pos, gamma_neg, clip):
-    """The two terms with their focusing weights under ``stop_gradient`` (the reference's
+def _positive(x, pos_weight, gamma_pos):
+    """pos_weight * (1 - p)**gamma_pos * softplus(-x). Without focusing this is the BCE core at label 1, with
+    pos_weight inside it: the same value and a gradient as exact, from a program a fifth the size, and scaled
+    before it is rounded (a weighted gradient is a normal number where sigmoid(-x) alone is subnormal)."""
+    ones = jnp.ones_like(x)
+    if not gamma_pos:
+        return bce_with_logits(x, ones, pos_weight, 0.0)
+    positive = sigmoid_focal(x, ones, None, gamma_pos, 0.0)
+    return positive if pos_weight is None else weighted(pos_weight, positive)
+
+
+def _negative(x, gamma_neg, clip):
+    if clip:
+        return clipped_negative(x, gamma_neg, clip)
+    zeros = jnp.zeros_like(x)
+    return sigmoid_focal(x, zeros, None, gamma_neg, 0.0) if gamma_neg else bce_with_logits(x, zeros, None, 0.0)
+
+
+def _positive_weight_stopped(x, pos_weight, gamma_pos):
+    """The positive term with its focusing weight under ``stop_gradient`` (the reference's
     ``disable_torch_grad_focal_loss``): the weight is the pair value, the log term keeps its derivative."""
-    zeros, ones = jnp.zeros_like(x), jnp.ones_like(x)
-    positive = softplus(-x)
+    positive = bce_with_logits(x, jnp.ones_like(x), pos_weight, 0.0)
     if gamma_pos:
-        positive = jax.lax.stop_gradient(accurate_q_power(x, ones, gamma_pos, 0.0)) * positive
+        positive = jax.lax.stop_gradient(accurate_q_power(x, jnp.ones_like(x), gamma_pos, 0.0)) * positive
+    return positive
+
+
+def _negative_weight_stopped(x, gamma_neg, clip):
+    """The negative term with its focusing weight under ``stop_gradient``, as ``_positive_weight_stopped``."""
     if clip:
         kept, _, neg_log_v = _clipped_plain(x, clip)
         weight = dw.value(dw.power(_clipped_pairs(x, clip).p_m, gamma_neg)) if gamma_neg else 1
-        negative = jnp.where(kept, jax.lax.stop_gradient(weight) * neg_log_v, 0)
-    else:
-        negative = softplus(x)
-        if gamma_neg:
-            negative = jax.lax.stop_gradient(accurate_q_power(x, zeros, gamma_neg, 0.0)) * negative
-    return positive, negative
+        return jnp.where(kept, jax.lax.stop_gradient(weight) * neg_log_v, 0)
+    negative = softplus(x)
+    if gamma_neg:
+        negative = jax.lax.stop_gradient(accurate_q_power(x, jnp.zeros_like(x), gamma_neg, 0.0)) * negative
+    return negative
 
 
 def asymmetric(
@@ -182,13 +218,16 @@ def asymmetric(
     clip: float,
     stop_focusing_gradient: bool,
 ) -> jax.Array:
-    """pw * y * positive(x) + (1 - y) * negative(x), the two terms exact (module docs); a term whose label
-    weight is 0 is 0 even where it is infinite (an infinite logit)."""
-    zeros, ones = jnp.zeros_like(x), jnp.ones_like(x)
-    positive = sigmoid_focal(x, ones, None, gamma_pos, 0.0)
-    negative = clipped_negative(x, gamma_neg, clip) if clip else sigmoid_focal(x, zeros, None, gamma_neg, 0.0)
+    """y * positive(x) + (1 - y) * negative(x), the two terms exact (module docs), pos_weight in the positive
+    one; a term whose label weight is 0 is 0 even where it is infinite (an infinite logit)."""
+    positive = functools.partial(_positive, gamma_pos=gamma_pos)
+    negative = functools.partial(_negative, gamma_neg=gamma_neg, clip=clip)
     if stop_focusing_gradient:
-        plain_positive, plain_negative = _focusing_weights_stopped(x, gamma_pos, gamma_neg, clip)
-        positive, negative = corrected(plain_positive, positive), corrected(plain_negative, negative)
-    positive_weight = y if pos_weight is None else pos_weight * y
-    return weighted(positive_weight, positive) + weighted(1 - y, negative)
+        # The same values, with the derivatives of the terms whose weights are stopped.
+        positive = functools.partial(
+            corrected, functools.partial(_positive_weight_stopped, gamma_pos=gamma_pos), positive
+        )
+        negative = functools.partial(
+            corrected, functools.partial(_negative_weight_stopped, gamma_neg=gamma_neg, clip=clip), negative
+        )
+    return weighted(y, positive(x, pos_weight)) + weighted(1 - y, negative(x))

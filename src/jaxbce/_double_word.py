@@ -148,10 +148,12 @@ def _power_of_two(k: jax.Array, dtype) -> jax.Array:
 def times_power_of_two(number, k: jax.Array):
     """number (one or a pair) * 2**k as two normal powers of two, so that a normal result is exact even where
     2**k is not."""
-    if isinstance(number, Pair):
-        return Pair(times_power_of_two(number.hi, k), times_power_of_two(number.lo, k))
+    dtype = (number.hi if isinstance(number, Pair) else number).dtype
     k1 = jnp.floor(0.5 * k)
-    return (number * _power_of_two(k1, number.dtype)) * _power_of_two(k - k1, number.dtype)
+    first, second = _power_of_two(k1, dtype), _power_of_two(k - k1, dtype)
+    if isinstance(number, Pair):
+        return Pair((number.hi * first) * second, (number.lo * first) * second)
+    return (number * first) * second
 
 
 def reduced_exp(w: jax.Array, w_lo: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:

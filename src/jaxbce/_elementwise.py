@@ -16,9 +16,9 @@ from jaxbce._numerics import (
     in_tail,
     neg_abs,
     opaque_constants,
-    sigmoid,
     sigmoid_difference,
     sigmoid_nonpositive,
+    sigmoids,
     smoothed_labels,
     softplus,
     softplus_nonpositive,
@@ -266,13 +266,15 @@ def _binary_kl_divergence_partials(x, t):
         # no overflow as |x - t| grows); exactly 0 where x == t, infinite ones included. The argument of the
         # branch not taken is replaced by 0 as well: its derivatives are computed too (and multiplied by 0),
         # and exp(t - x) of a large t - x would make them inf * 0 = NaN from the second order on.
-        above = -sigmoid(x) * sigmoid(-t) * jnp.expm1(jnp.where(x > t, t - x, 0))
-        below = sigmoid(t) * sigmoid(-x) * jnp.expm1(jnp.where(x > t, 0, x - t))
+        (sigmoid_x, sigmoid_minus_x), (sigmoid_t, sigmoid_minus_t) = sigmoids(x), sigmoids(t)
+        above = -sigmoid_x * sigmoid_minus_t * jnp.expm1(jnp.where(x > t, t - x, 0))
+        below = sigmoid_t * sigmoid_minus_x * jnp.expm1(jnp.where(x > t, 0, x - t))
         # Both branches are 0 at x == t (expm1(0)); infinite x == t would read inf * 0.
         return jnp.where((x == t) & jnp.isinf(x), 0, jnp.where(x > t, above, below))
 
     def d_target_logits():
         # x - t is inf - inf = NaN at infinite x == t, where sigmoid(t) * sigmoid(-t) is 0 and so is the derivative.
-        return -weighted(sigmoid(t) * sigmoid(-t), jnp.where((x == t) & jnp.isinf(x), 0, x - t))
+        sigmoid_t, sigmoid_minus_t = sigmoids(t)
+        return -weighted(sigmoid_t * sigmoid_minus_t, jnp.where((x == t) & jnp.isinf(x), 0, x - t))
 
     return d_logits, d_target_logits

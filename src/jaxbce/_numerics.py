@@ -17,6 +17,7 @@ expression that JAX can differentiate again, so derivatives of every order stay 
 eps (the measured bounds are in tests/test_derivatives.py and bench/results/accuracy.json).
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -60,7 +61,9 @@ _LOG2_SPLIT = {
 }
 
 
-def define_partials(function: jax.custom_jvp) -> Callable[[Callable], Callable]:
+def define_partials(
+    function: jax.custom_jvp, *, value_and_slope: Callable | None = None, plain_slope: Callable | None = None
+) -> Callable[[Callable], Callable]:
     """Decorator: ``partials`` becomes the ``custom_jvp`` rule of ``function`` (with ``symbolic_zeros``).
 
     ``partials(*static, *arrays)`` receives the static (``nondiff_argnums``) arguments first, then the array
@@ -69,23 +72,38 @@ def define_partials(function: jax.custom_jvp) -> Callable[[Callable], Callable]:
     zero. Skipping those matters: a partial derivative may be infinite (d/dy at x = inf), and inf * 0 would
     put a NaN into the tangent of an argument nobody differentiates; and a partial nobody needs is never
     traced.
+
+    ``value_and_slope(*static, *arrays)``, where given, returns the function's value and its partial derivative
+    in the first array argument (the slope) from one evaluation: a double-word core forms the two from the same
+    pairs, which the rule then builds once rather than twice. The slope has the derivatives of
+    ``plain_slope(*static, *arrays)`` (as :func:`corrected` gives them), and ``partials``' first entry is None.
     """
     static_positions = tuple(sorted(function.nondiff_argnums))
+    static_count = len(static_positions)
 
     def register(partials: Callable) -> Callable:
+        value_and_slope_jvp = None
+        if value_and_slope is not None:
+            value_and_slope_jvp = jax.custom_jvp(value_and_slope, nondiff_argnums=tuple(range(static_count)))
+
+            def value_and_slope_rule(*args):
+                *static, primals, tangents = args
+                out, slope = value_and_slope_jvp(*static, *primals)
+                slope_tangent = _jvp_in_varying(functools.partial(plain_slope, *static), primals, tangents, slope)
+                return (out, slope), (_tangent(partials(*static, *primals), tangents, out, slope), slope_tangent)
+
+            value_and_slope_jvp.defjvp(value_and_slope_rule, symbolic_zeros=True)
+
         def rule(*args):
             *static, primals, tangents = args
-            call = list(primals)
-            for position, value in zip(static_positions, static, strict=True):
-                call.insert(position, value)
-            out = function(*call)
-            total = None
-            for partial, tangent in zip(partials(*static, *primals), tangents, strict=True):
-                if tangent is None or type(tangent) is SymbolicZero:
-                    continue
-                term = partial() * tangent
-                total = term if total is None else total + term
-            return out, jnp.zeros_like(out) if total is None else total
+            if value_and_slope_jvp is None:
+                call = list(primals)
+                for position, value in zip(static_positions, static, strict=True):
+                    call.insert(position, value)
+                out, slope = function(*call), None
+            else:
+                out, slope = value_and_slope_jvp(*static, *primals)
+            return out, _tangent(partials(*static, *primals), tangents, out, slope)
 
         function.defjvp(rule, symbolic_zeros=True)
         return partials
@@ -93,27 +111,67 @@ def define_partials(function: jax.custom_jvp) -> Callable[[Callable], Callable]:
     return register
 
 
-@jax.custom_jvp
-def corrected(plain: jax.Array, accurate: jax.Array) -> jax.Array:
-    """The value of ``accurate`` with the derivatives of ``plain``.
+def _has_tangent(tangent) -> bool:
+    return tangent is not None and type(tangent) is not SymbolicZero
+
+
+def _tangent(partials, tangents, out: jax.Array, slope: jax.Array | None) -> jax.Array:
+    """The sum of ``partial() * tangent`` over the tangents that are not symbolic zeros (the first partial
+    ``slope`` where that is given)."""
+    total = None
+    for i, (partial, tangent) in enumerate(zip(partials, tangents, strict=True)):
+        if _has_tangent(tangent):
+            term = (slope if i == 0 and slope is not None else partial()) * tangent
+            total = term if total is None else total + term
+    return jnp.zeros_like(out) if total is None else total
+
+
+def _jvp_in_varying(function: Callable, primals, tangents, out):
+    """The JVP of ``function(*primals)`` in the arguments whose tangent is not a symbolic zero (zeros like
+    ``out`` if none, without tracing ``function``)."""
+    varying = [i for i, t in enumerate(tangents) if _has_tangent(t)]
+
+    def of_varying(*values):
+        call = list(primals)
+        for i, value in zip(varying, values, strict=True):
+            call[i] = value
+        return function(*call)
+
+    if not varying:
+        return jax.tree.map(jnp.zeros_like, out)
+    return jax.jvp(of_varying, [primals[i] for i in varying], [tangents[i] for i in varying])[1]
+
+
+def corrected(plain: Callable[..., jax.Array], accurate: Callable[..., jax.Array], *args) -> jax.Array:
+    """``accurate(*args)``, with the derivatives of ``plain(*args)``.
 
     Precondition: ``plain`` is the same function in plain arithmetic, within a few ulps of ``accurate``, and
     differentiable to every order; dropping the derivative of the difference then changes the derivatives by a
     few ulps. Where ``accurate`` is a double-word evaluation, this is how its value reaches the result while
-    autodiff sees only ``plain``. A ``custom_jvp`` rather than ``plain + stop_gradient(accurate - plain)``:
-    where nothing differentiates the result (the loop that forms a gradient's values), ``plain`` is unused and
-    XLA does not compute it.
+    autodiff sees only ``plain``. ``args`` are arrays (or None); the two functions close over static values
+    only.
+
+    Why functions rather than the two values: each is traced only where it is needed. ``accurate`` is evaluated
+    on the primal values, never under a JVP (its derivative would be thrown away), and ``plain`` only where
+    something differentiates the result: a gradient's rule (first order) traces the double-word evaluation
+    alone, and each higher order adds the JVP of the plain form, not that of the double-word code. Before this,
+    both were traced and differentiated at every order, and the focal loss's Hessian traced 1 MB of StableHLO.
     """
-    return accurate
+    return _corrected(plain, accurate, *args)
 
 
-def _corrected_rule(primals, tangents):
-    plain, accurate = primals
-    # The primal output is corrected(...) again, not accurate, so that a derivative of it is plain's too.
-    return corrected(plain, accurate), tangents[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _corrected(plain, accurate, *args):
+    return accurate(*args)
 
 
-corrected.defjvp(_corrected_rule)
+def _corrected_rule(plain, accurate, primals, tangents):
+    # The primal output is _corrected(...) again, not accurate's value, so that a derivative of it is plain's too.
+    out = _corrected(plain, accurate, *primals)
+    return out, _jvp_in_varying(plain, primals, tangents, out)
+
+
+_corrected.defjvp(_corrected_rule, symbolic_zeros=True)
 
 
 @jax.custom_jvp
@@ -124,7 +182,12 @@ def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     ``scale * exp(nx)`` is exact to rounding even where exp(nx) alone would be subnormal (and flushed to 0 by
     XLA): with pos_weight > 1 the loss of a hard label can be normal where exp(-|x|) is not.
     """
-    u_hi, u_lo, k = dw.reduced_exp(nx)
+    return _scaled_exp_of_reduced(nx, dw.reduced_exp(nx), scale)
+
+
+def _scaled_exp_of_reduced(nx, reduced, scale):
+    """``_scaled_exp(nx, scale)`` from ``reduced = dw.reduced_exp(nx)`` (without a derivative)."""
+    u_hi, u_lo, k = reduced
     return jnp.where(jnp.isnan(nx), nx, dw.times_power_of_two(scale * (1 + (u_hi + u_lo)), k))
 
 
@@ -162,9 +225,9 @@ def _softplus_near_zero(nx: jax.Array, half: float | jax.Array = 0.5) -> jax.Arr
 def softplus_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) -> jax.Array:
     """coefficient * log1p(exp(nx)) for nx <= 0 (coefficient None: 1); NaN passes through."""
     near_zero = _softplus_near_zero(nx)
-    one = jnp.ones_like(nx)
-    middle = jnp.log1p(_scaled_exp(nx, one))
-    tail = _scaled_exp(nx, one if coefficient is None else coefficient)
+    e = _scaled_exp(nx, jnp.ones_like(nx))
+    middle = jnp.log1p(e)
+    tail = e if coefficient is None else _scaled_exp(nx, coefficient)
     return jnp.where(nx > -1, times(coefficient, near_zero), jnp.where(in_tail(nx), tail, times(coefficient, middle)))
 
 
@@ -200,16 +263,16 @@ def softplus_of_abs_fusible(ax: jax.Array) -> jax.Array:
 def sigmoid_nonpositive(nx: jax.Array, coefficient: jax.Array | None = None) -> jax.Array:
     """coefficient * sigmoid(nx) = coefficient * e / (1 + e) for nx <= 0, sharing e = exp(nx) with
     ``softplus_nonpositive``."""
-    one = jnp.ones_like(nx)
-    e = _scaled_exp(nx, one)
-    tail = _scaled_exp(nx, one if coefficient is None else coefficient)
+    e = _scaled_exp(nx, jnp.ones_like(nx))
+    tail = e if coefficient is None else _scaled_exp(nx, coefficient)
     return jnp.where(in_tail(nx), tail, times(coefficient, e / (1 + e)))
 
 
-def sigmoid_pair(nx: jax.Array) -> dw.Pair:
+def sigmoid_pair(nx: jax.Array, reduced: tuple[jax.Array, ...] | None = None) -> dw.Pair:
     """sigmoid(nx) = e / (1 + e) for nx <= 0 as a pair, within about 0.1 eps: e = e_hi + e_lo and 1 + e =
-    d_hi + d_lo are kept exactly, and so is the remainder e_hi - s_hi d_hi of the quotient."""
-    *u, k = dw.reduced_exp(nx)
+    d_hi + d_lo are kept exactly, and so is the remainder e_hi - s_hi d_hi of the quotient. ``reduced`` is
+    ``dw.reduced_exp(nx)`` where the caller has it."""
+    *u, k = dw.reduced_exp(nx) if reduced is None else reduced
     e, e_lo = dw.times_power_of_two(dw.one_plus(*u), k)
     d, d_lo = dw.fast_two_sum(jnp.ones_like(e), e)
     s = jnp.where(jnp.isnan(nx), nx, e / d)
@@ -225,14 +288,31 @@ def sigmoid_difference(nx: jax.Array, a: jax.Array, c: jax.Array | None) -> jax.
     1.35 eps; here sigmoid(nx) is a pair (``sigmoid_pair``) and a is subtracted exactly (TwoSum), so that
     what remains is the rounding of c * sigmoid and of the result.
     """
-    plain = sigmoid_nonpositive(nx, c) - a
-    q, q_lo = sigmoid_pair(nx)
+    return _sigmoid_differences(nx, c, a)[0]
+
+
+def _sigmoid_differences(nx: jax.Array, c: jax.Array | None, *offsets: jax.Array) -> tuple[jax.Array, ...]:
+    """c * sigmoid(nx) - a for each a in ``offsets``, from one evaluation of sigmoid(nx)."""
+    return corrected(_sigmoid_differences_plain, _sigmoid_differences_accurate, nx, c, *offsets)
+
+
+def _sigmoid_differences_plain(nx, c, *offsets):
+    s = sigmoid_nonpositive(nx, c)
+    return tuple(s - a for a in offsets)
+
+
+def _sigmoid_differences_accurate(nx, c, *offsets):
+    reduced = dw.reduced_exp(nx)
+    q, q_lo = sigmoid_pair(nx, reduced)
     if c is not None:
         q, q_lo = c * q, c * q_lo
-    hi, lo = dw.two_sum(q, -a)
     # In the tail sigmoid(nx) is exp(nx) to rounding, scaled before it is rounded (``_scaled_exp``).
-    tail = _scaled_exp(nx, jnp.ones_like(nx) if c is None else c) - a
-    return corrected(plain, jnp.where(in_tail(nx), tail, hi + (lo + q_lo)))
+    tail = _scaled_exp_of_reduced(nx, reduced, jnp.ones_like(nx) if c is None else c)
+    differences = []
+    for a in offsets:
+        hi, lo = dw.two_sum(q, -a)
+        differences.append(jnp.where(in_tail(nx), tail - a, hi + (lo + q_lo)))
+    return tuple(differences)
 
 
 def weighted(coefficient: jax.Array, term: jax.Array) -> jax.Array:
@@ -259,6 +339,15 @@ def sigmoid(x: jax.Array) -> jax.Array:
     """1 / (1 + exp(-x)) as sigmoid(-|x|) - 0 or -(sigmoid(-|x|) - 1), within 1 eps, tails included."""
     d = sigmoid_difference(neg_abs(x), jnp.where(x > 0, 1, 0).astype(x.dtype), None)
     return jnp.where(x > 0, -d, d)
+
+
+def sigmoids(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sigmoid(x), sigmoid(-x)), each as :func:`sigmoid` gives it (values and derivatives), from one
+    evaluation of sigmoid(-|x|): for x > 0 they are 1 - sigmoid(-|x|) and sigmoid(-|x|), for x <= 0 the
+    other way round."""
+    above = jnp.where(x > 0, 1, 0).astype(x.dtype)
+    d_plus, d_minus = _sigmoid_differences(neg_abs(x), None, above, 1 - above)
+    return jnp.where(x > 0, -d_plus, d_plus), jnp.where(x > 0, d_minus, -d_minus)
 
 
 def smoothed_labels(y: jax.Array, label_smoothing: float, one: float | jax.Array = 1) -> tuple[jax.Array, jax.Array]:
