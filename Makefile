@@ -36,7 +36,7 @@ test: lint
 OLDEST_JAX := 0.7.0
 OLDEST_TESTS := tests/test_losses.py tests/test_elementwise.py tests/test_pipeline.py tests/test_arguments.py \
 	tests/test_errors.py tests/test_checks.py tests/test_multilabel.py tests/test_linear.py tests/test_contrastive.py \
-	tests/test_transformations.py tests/test_sharding.py tests/test_export.py src
+	tests/test_transformations.py tests/test_sharding.py tests/test_export.py tests/test_update.py src
 test-oldest-jax:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install --quiet --upgrade pip

@@ -15,8 +15,14 @@ Memory is the compiled executable's ``memory_analysis()`` (argument, output and 
 measured even where running the materialised form would not fit. Times are medians of repeated runs after a
 warm-up, for the sizes where every form fits comfortably in memory. Dense labels are bool; the sparse rows
 pass ``positives`` with ``P`` class indices per example (power-law class frequencies) and give the
-materialised forms the dense bool labels those indices mean. Writes ``bench/results/fused-<backend>.json``
-and ``.png``.
+materialised forms the dense bool labels those indices mean.
+
+The classifier's Adam step (``UPDATE_SHAPES``, sparse positives; ``--update-only`` reruns just these rows):
+``jaxbce.linear_binary_cross_entropy_update`` against the fused loss's gradient followed by ``optax.adam`` and
+``optax.apply_updates``, both jitted with the parameters and the optimizer state donated. Memory is what a step
+holds: arguments, plus outputs not aliased to them, plus temporaries; times are medians of consecutive steps.
+
+Writes ``bench/results/fused-<backend>.json`` and ``.png``.
 """
 
 import argparse
@@ -24,6 +30,7 @@ import datetime
 import json
 import pathlib
 import platform
+import time
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +128,82 @@ def run(shapes, repeats: int) -> list[dict]:
     return rows
 
 
+# (batch, D, C, P) of the classifier-update rows: sparse positives, Adam.
+UPDATE_SHAPES = [(256, 128, 2**18, 32), (256, 128, 2**20, 32), (1024, 128, 2**22, 32), (1024, 128, 2**23, 32)]
+
+
+def _update_forms(optimizer):
+    """name -> train step of the classifier (features, params, opt_state, positives) -> (loss, features gradient,
+    params, opt_state), jitted with params and opt_state donated."""
+
+    def fused_update(features, params, state, positives):
+        return jaxbce.linear_binary_cross_entropy_update(
+            features, params, state, positives=positives, optimizer=optimizer
+        )
+
+    def fused_loss_then_adam(features, params, state, positives):
+        def loss(features, params):
+            kernel, bias = params["kernel"], params["bias"]
+            return jaxbce.linear_binary_cross_entropy(features, kernel, positives=positives, bias=bias)
+
+        value, (features_grad, grads) = jax.value_and_grad(loss, argnums=(0, 1))(features, params)
+        updates, state = optimizer.update(grads, state, params)
+        return value, features_grad, optax.apply_updates(params, updates), state
+
+    forms = {"fused update": fused_update, "fused loss, then optax.adam": fused_loss_then_adam}
+    return {name: jax.jit(form, donate_argnums=(1, 2)) for name, form in forms.items()}
+
+
+def run_update(shapes, repeats: int) -> list[dict]:
+    """Memory (compiled, donated: arguments + outputs not aliased to them + temporaries) and time per step of the
+    classifier's Adam step, fused into the chunk loop or after the fused loss."""
+    optimizer = optax.adam(1e-3)
+    rows = []
+    for batch, dim, classes, positives_per_row in shapes:
+        features = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+        params = {
+            "kernel": jax.ShapeDtypeStruct((dim, classes), jnp.float32),
+            "bias": jax.ShapeDtypeStruct((classes,), jnp.float32),
+        }
+        state = jax.eval_shape(optimizer.init, params)
+        positives = jax.ShapeDtypeStruct((batch, positives_per_row), jnp.int32)
+        row = {"batch": batch, "dim": dim, "classes": classes, "positives_per_row": positives_per_row, "forms": {}}
+        for name, step in _update_forms(optimizer).items():
+            compiled = step.lower(features, params, state, positives).compile()
+            analysis = compiled.memory_analysis()
+            entry = measure.memory(compiled)
+            entry["aliased_bytes"] = int(analysis.alias_size_in_bytes)
+            entry["step_bytes"] = entry["total_bytes"] - entry["aliased_bytes"]
+            if entry["step_bytes"] < RUN_LIMIT_BYTES:
+                f, kernel, bias, _, picks = _inputs(batch, dim, classes, positives_per_row)
+                f, picks, head = (
+                    jnp.asarray(f),
+                    jnp.asarray(picks),
+                    {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)},
+                )
+                # Consecutive steps, each taking the parameters and state the last one returned (they are donated).
+                _, _, head, opt_state = jax.block_until_ready(compiled(f, head, optimizer.init(head), picks))
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    _, _, head, opt_state = jax.block_until_ready(compiled(f, head, opt_state, picks))
+                    times.append(time.perf_counter() - start)
+                entry["seconds"] = float(np.median(times))
+            row["forms"][name] = entry
+            del compiled
+            print(batch, dim, classes, name, entry, flush=True)
+        fused, separate = row["forms"]["fused update"], row["forms"]["fused loss, then optax.adam"]
+        row["ratios"] = {
+            "fused update step bytes / separate step bytes": fused["step_bytes"] / separate["step_bytes"],
+            "fused update temp / kernel bytes": fused["temp_bytes"] / (dim * classes * 4),
+        }
+        if "seconds" in fused and "seconds" in separate:
+            row["ratios"]["fused update time / separate time"] = fused["seconds"] / separate["seconds"]
+        print(json.dumps(row["ratios"]), flush=True)
+        rows.append(row)
+    return rows
+
+
 def plot(rows, path):
     with measure.figure(path, 2, (11, 4), dpi=120) as (memory_axis, time_axis):
         labels = [
@@ -145,12 +228,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the two smallest shapes, few repeats (smoke test)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--update-only", action="store_true", help="rerun only the classifier-update rows")
     parser.add_argument("--rows", help="comma-separated indices into SHAPES: rerun only these rows and replace "
                         "them in the existing JSON (e.g. after a run disturbed by other work)")  # fmt: skip
     args = parser.parse_args()
     backend = jax.default_backend()
     out = ROOT / "bench" / "results" / f"fused-{backend}{'-quick' if args.quick else ''}.json"
-    if args.rows:
+    update_rows = None if args.update_only else run_update(UPDATE_SHAPES[:1] if args.quick else UPDATE_SHAPES, 3)
+    if args.update_only:
+        rows = json.loads(out.read_text())["rows"]
+        update_rows = run_update(UPDATE_SHAPES, 3)
+    elif args.rows:
         indices = [int(i) for i in args.rows.split(",")]
         rows = json.loads(out.read_text())["rows"]
         for index, row in zip(indices, run([SHAPES[i] for i in indices], repeats=args.repeats), strict=True):
@@ -162,6 +250,7 @@ def main():
         "machine": f"{platform.machine()} {backend}, {jax.device_count()} device(s)",
         "versions": {"jax": jax.__version__, "optax": optax.__version__},
         "rows": rows,
+        "update_rows": update_rows,
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))

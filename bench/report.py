@@ -285,7 +285,47 @@ def fused_section(data, backend: str) -> list[str]:
         labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
         lines += [f"| {shape} | {labels} | {k} | {v:.3g} |" for k, v in row["ratios"].items()]
     lines += ["", f"![memory and time](assets/fused-{backend}.png)", ""]
-    return lines
+    return lines + _update_section(data.get("update_rows") or [])
+
+
+def _update_section(rows) -> list[str]:
+    """The classifier's Adam step fused into the chunk loop, against the fused loss followed by optax.adam."""
+    if not rows:
+        return []
+    lines = [
+        "### The classifier's update fused into the chunk loop (`linear_binary_cross_entropy_update`)",
+        "",
+        "One Adam step of the classifier, 32 positives per example, jitted with the parameters and the optimizer "
+        "state donated: `linear_binary_cross_entropy_update` against the fused loss's gradient followed by "
+        "`optax.adam` and `optax.apply_updates`. A step's memory is its arguments, the outputs not aliased to "
+        "them and its temporaries (GiB, from `memory_analysis()`); seconds are medians of consecutive steps "
+        "(– where not run: over 6 GiB).",
+        "",
+        *_table_head(
+            "batch x D x C",
+            "fused update GiB",
+            "its temporaries GiB",
+            "loss, then adam GiB",
+            "memory ratio",
+            "temporaries / kernel",
+            "fused update s",
+            "loss, then adam s",
+            "time ratio",
+        ),
+    ]
+    for row in rows:
+        fused, separate = row["forms"]["fused update"], row["forms"]["fused loss, then optax.adam"]
+        ratios = row["ratios"]
+        seconds = [f"{e['seconds']:.3g}" if "seconds" in e else "–" for e in (fused, separate)]
+        time_ratio = ratios.get("fused update time / separate time")
+        lines.append(
+            f"| {row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1} | {_gib(fused['step_bytes'])} "
+            f"| {_gib(fused['temp_bytes'])} | {_gib(separate['step_bytes'])} "
+            f"| {ratios['fused update step bytes / separate step bytes']:.2f} "
+            f"| {ratios['fused update temp / kernel bytes']:.3f} | {seconds[0]} | {seconds[1]} "
+            f"| {'–' if time_ratio is None else f'{time_ratio:.2f}'} |"
+        )
+    return [*lines, ""]
 
 
 def contrastive_section(data, backend: str) -> list[str]:

@@ -5,11 +5,13 @@ loss gets it for free; then a sweep of every public function and every array arg
 user passes (None, a string, a list, a wrong dtype, a wrong rank, a NumPy scalar, a traced value).
 """
 
+import functools
 import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxbce
@@ -100,6 +102,21 @@ def test_ignore_label_inside_the_label_range_is_refused(name):
     _call(loss, _elementwise_arguments(loss), ignore_label=-1)
 
 
+def _loss_and_features_grad(update):
+    """The update's loss and features gradient as one array (its parameters and state are trees, not swept)."""
+
+    @functools.wraps(update)
+    def call(*args, **kwargs):
+        loss, features_grad, _, _ = update(*args, **kwargs)
+        return jnp.concatenate([loss[None], features_grad.ravel()])
+
+    return call
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray | np.generic | jax.Array)
+
+
 # Every public function with a valid call: (function, positional, keyword) arrays and options.
 def _public_calls():
     rng = np.random.default_rng(0)
@@ -114,6 +131,12 @@ def _public_calls():
     calls["linear_binary_cross_entropy"] = (
         jaxbce.linear_binary_cross_entropy, ("features", "kernel", "labels"), [features, kernel, y],
         {"bias": np.zeros(3, np.float32), "weight": np.ones((4, 1), np.float32)},
+    )  # fmt: skip
+    head = {"kernel": kernel, "bias": np.zeros(3, np.float32)}
+    calls["linear_binary_cross_entropy_update"] = (
+        _loss_and_features_grad(jaxbce.linear_binary_cross_entropy_update),
+        ("features", "params", "opt_state", "labels"), [features, head, optax.sgd(0.1).init(head), y],
+        {"weight": np.ones((4, 1), np.float32), "optimizer": optax.sgd(0.1)},
     )  # fmt: skip
     calls["sigmoid_contrastive_loss"] = (
         jaxbce.sigmoid_contrastive_loss, ("image_embeddings", "text_embeddings", "logit_scale", "logit_bias"),
@@ -153,6 +176,8 @@ def test_a_tired_user_sweep(name):
     parameters = inspect.signature(function).parameters
     optional = {n for n, p in parameters.items() if p.default is None or "None" in str(p.annotation)}
     for argument, array in [*zip(positional_names, positional, strict=False), *keywords.items()]:
+        if not _is_array(array):
+            continue  # the update's parameters, optimizer state and optimizer
 
         def call(value, argument=argument):
             args, kwargs = _with(positional_names, positional, keywords, argument, value)

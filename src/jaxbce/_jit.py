@@ -14,18 +14,21 @@ from jaxbce._value_checks import value_checks, value_checks_enabled
 F = typing.TypeVar("F", bound=Callable)
 
 
-def jit_loss(*, static: tuple[str, ...], static_or_array: tuple[str, ...] = ()) -> Callable[[F], F]:
+def jit_loss(
+    *, static: tuple[str, ...], static_or_array: tuple[str, ...] = (), trees: tuple[str, ...] = ()
+) -> Callable[[F], F]:
     """``jax.jit`` of a public function, the one rule by which every jaxbce function is called and compiled.
 
     ``static`` names its static options (``axis``, ``reduction``, ``gamma``, ``chunk_size``, ...): they take
     Python and NumPy scalars alike (NumPy ones become Python numbers), and a traced or array value for one is a
     ``TypeError`` saying that it must be a Python number. ``static_or_array`` names the options that are static
     while given as a Python number or None (one compilation per value) and traced when given an array (the focal
-    loss's ``alpha``). Every other parameter is an array: None where its annotation does not admit None, and a string
-    or other non-array, are a ``TypeError`` naming the function and the argument. Too many positional arguments
-    are a ``TypeError`` that names the keyword-only ones. Whether value checks are on (:func:`value_checks`, read
-    when the call is traced) is part of the cache key, so that :func:`checked` checks whatever was traced
-    before.
+    loss's ``alpha``). ``trees`` names the parameters that are pytrees of arrays (a layer's parameters, an
+    optimizer's state), traced as they are. Every other parameter is an array: None where its annotation does
+    not admit None, and a string or other non-array, are a ``TypeError`` naming the function and the argument.
+    Too many positional arguments are a ``TypeError`` that names the keyword-only ones. Whether value checks are
+    on (:func:`value_checks`, read when the call is traced) is part of the cache key, so that :func:`checked`
+    checks whatever was traced before.
     """
 
     def wrap(loss: F) -> F:
@@ -36,10 +39,10 @@ def jit_loss(*, static: tuple[str, ...], static_or_array: tuple[str, ...] = ()) 
             for option, p in parameters.items()
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         }
-        undeclared = (set(static) | set(static_or_array)) - set(options)
+        undeclared = (set(static) | set(static_or_array) | set(trees)) - set(options)
         if undeclared:
             raise TypeError(f"jit_loss: {name}() has no parameters {sorted(undeclared)}")
-        arrays = {option: p for option, p in options.items() if option not in static}
+        arrays = {option: p for option, p in options.items() if option not in static and option not in trees}
         positional = [option for option, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         keywords = [option for option, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 

@@ -165,11 +165,19 @@ class _Options(NamedTuple):
     out_dtype: np.dtype
 
 
-def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias, pos_weight, weight, keep):
-    """The checked arguments laid out by chunks of classes, weighted, and reduced through the ``custom_vjp``
-    loops above."""
+class _ByChunks(NamedTuple):
+    """The checked arguments laid out by chunks of classes for the loops of ``_chunks``."""
+
+    config: _chunks.Config
+    parameters: _chunks.Parameters
+    targets: _chunks.Targets
+    example_weight: jax.Array  # (rows,): the weight of each example, 0 where masked
+    divisor: jax.Array | None  # what the scalar reductions divide by (None for "none")
+
+
+def _by_chunks(options: _Options, features, kernel, labels, positives, bias, pos_weight, weight, keep) -> _ByChunks:
     batch, classes = features.shape[:-1], kernel.shape[1]
-    reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype = options
+    reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, _ = options
     known = None if ignore_label is None else labels != ignore_label
     rows = math.prod(batch)
     layout = _chunks.choose_layout(classes, rows if isinstance(rows, int) else 1024, chunk_size)
@@ -211,15 +219,25 @@ def _loss_by_chunks(options: _Options, features, kernel, labels, positives, bias
         example_weight = jnp.where(keep, example_weight, 0)
     example_weight = jnp.broadcast_to(example_weight, batch).reshape(rows)
     parameters = _chunks.vary_together(parameters, parameters, targets)
-    if reduction == "none":
+    divisor = None
+    if reduction != "none":
+        # The denominator of the materialised loss of the (..., C) logits: keep masks examples, known elements.
+        element_keep = _chunks.both(None if keep is None else jnp.broadcast_to(keep, batch)[..., None], known)
+        shape = (*batch, classes)
+        divisor = denominator(reduction, shape, tuple(range(len(shape))), element_keep, None, dtype)
+    return _ByChunks(config, parameters, targets, example_weight, divisor)
+
+
+def _loss_by_chunks(options: _Options, *arrays) -> jax.Array:
+    """The checked arguments laid out by chunks of classes, weighted, and reduced through the ``custom_vjp``
+    loops above."""
+    config, parameters, targets, example_weight, divisor = _by_chunks(options, *arrays)
+    batch = arrays[0].shape[:-1]
+    if options.reduction == "none":
         losses = weighted(example_weight, _row_losses(config, parameters, targets))
-        return losses.reshape(batch).astype(out_dtype)
-    # The denominator of the materialised loss of the (..., C) logits: keep masks examples, known elements.
-    element_keep = _chunks.both(None if keep is None else jnp.broadcast_to(keep, batch)[..., None], known)
-    shape = (*batch, classes)
-    divisor = denominator(reduction, shape, tuple(range(len(shape))), element_keep, None, dtype)
+        return losses.reshape(batch).astype(options.out_dtype)
     row_scale = _chunks.vary_together(example_weight / divisor, parameters, targets)
-    return _weighted_total(config, parameters, targets, row_scale).astype(out_dtype)
+    return _weighted_total(config, parameters, targets, row_scale).astype(options.out_dtype)
 
 
 @jit_loss(static=("label_smoothing", "ignore_label", "reduction", "chunk_size", "precision"))
@@ -328,9 +346,23 @@ def linear_binary_cross_entropy(
       >>> jaxbce.linear_binary_cross_entropy(features, kernel, partial, ignore_label=-1)
       Array(0.729542, dtype=float32)
     """
+    options, arrays = _checked_arguments(
+        features, kernel, labels, positives, bias, weight, pos_weight, label_smoothing, where, ignore_label,
+        reduction, chunk_size, precision, REDUCTIONS,
+    )  # fmt: skip
+    rows_spec = (explicit_spec(arrays[0]) or ())[:-1] if reduction == "none" else ()
+    return with_auto_axes(functools.partial(_loss_by_chunks, options), *arrays, out_spec=rows_spec)
+
+
+def _checked_arguments(
+    features, kernel, labels, positives, bias, weight, pos_weight, label_smoothing, where, ignore_label, reduction,
+    chunk_size, precision, reductions,
+) -> tuple[_Options, tuple]:  # fmt: skip
+    """The fused losses' arguments checked (and the value checks registered): the static options and the arrays
+    ``(features, kernel, labels, positives, bias, pos_weight, weight, keep)``."""
     label_smoothing = check_fraction("label_smoothing", label_smoothing)
     ignore_label = check_ignore_label(ignore_label)
-    check_reduction(reduction, valid=REDUCTIONS)
+    check_reduction(reduction, valid=reductions)
     check_chunk_size(chunk_size)
     features = checked_array("features", features, Role.LOGITS)
     kernel = checked_array("kernel", kernel, Role.LOGITS)
@@ -372,6 +404,256 @@ def linear_binary_cross_entropy(
             check_values("positives", positives, ok, f"must be class indices in [-1, {classes}) (-1: padding)")
 
     options = _Options(reduction, label_smoothing, ignore_label, chunk_size, precision, dtype, out_dtype)
-    rows_spec = (explicit_spec(features) or ())[:-1] if reduction == "none" else ()
-    arrays = (features, kernel, labels, positives, bias, pos_weight, weight, keep)
-    return with_auto_axes(functools.partial(_loss_by_chunks, options), *arrays, out_spec=rows_spec)
+    return options, (features, kernel, labels, positives, bias, pos_weight, weight, keep)
+
+
+# The primitives of an elementwise update: each output element is a function of the same element of its array
+# operands (and of scalars). An optimizer's update made only of these (and of anything on scalars: counts,
+# schedules) can be applied to one chunk of classes at a time.
+_ELEMENTWISE = frozenset({
+    "abs", "add", "and", "atan2", "cbrt", "ceil", "clamp", "convert_element_type", "copy", "copy_p", "cos", "cosh",
+    "div", "eq", "erf", "erf_inv", "exp", "exp2", "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite",
+    "le", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "pow",
+    "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "sign", "sin", "sinh", "sqrt", "square",
+    "stop_gradient", "sub", "tan", "tanh", "xor",
+})  # fmt: skip
+
+
+def _sub_jaxprs(params: dict):
+    for value in params.values():
+        for item in value if isinstance(value, tuple | list) else (value,):
+            if hasattr(item, "eqns"):
+                yield item
+            elif hasattr(getattr(item, "jaxpr", None), "eqns"):
+                yield item.jaxpr
+
+
+def _not_elementwise(jaxpr) -> str | None:
+    """What in ``jaxpr`` reads more than one element of an array to form an element, or None."""
+    for eqn in jaxpr.eqns:
+        operands = [getattr(v.aval, "shape", ()) for v in eqn.invars]
+        results = [getattr(v.aval, "shape", ()) for v in eqn.outvars]
+        if all(shape == () for shape in (*operands, *results)):
+            continue  # scalars: the step count, a schedule
+        inner = list(_sub_jaxprs(eqn.params))
+        if inner:
+            found = next((what for what in map(_not_elementwise, inner) if what), None)
+            if found:
+                return found
+            continue
+        name = eqn.primitive.name
+        if name == "broadcast_in_dim" and operands[0] == ():
+            continue
+        if name in _ELEMENTWISE and all(shape in ((), results[0]) for shape in operands):
+            continue
+        return f"{name} on arrays of shapes {', '.join(str(s) for s in operands)}"
+    return None
+
+
+def _check_elementwise(optimizer, params: dict, opt_state) -> None:
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, opt_state, params))
+    try:
+        program = jax.make_jaxpr(optimizer.update)(*abstract)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"linear_binary_cross_entropy_update: optimizer.update fails on params and opt_state ({error}); pass "
+            "opt_state = optimizer.init(params)"
+        ) from error
+    found = _not_elementwise(program.jaxpr)
+    if found:
+        raise TypeError(
+            f"linear_binary_cross_entropy_update: the optimizer's update is not elementwise (it applies {found}). "
+            "The fused update applies it to one chunk of classes at a time, so each parameter's update may depend "
+            "only on its own gradient, state and value, and on scalars such as the step count: global-norm "
+            "clipping, factored second moments (Adafactor) and other updates that read the whole gradient cannot "
+            "be fused. Use jax.grad of linear_binary_cross_entropy and optimizer.update for those."
+        )
+
+
+def _state_roles(opt_state, kernel: jax.Array, bias: jax.Array | None) -> list[str]:
+    """For each leaf of the optimizer state: "kernel" or "bias" (a per-parameter array of that shape) or
+    "scalar"."""
+    roles = []
+    for leaf in jax.tree.leaves(opt_state):
+        shape = np.shape(leaf)
+        if shape == kernel.shape:
+            roles.append("kernel")
+        elif bias is not None and shape == bias.shape:
+            roles.append("bias")
+        elif shape == ():
+            roles.append("scalar")
+        else:
+            raise TypeError(
+                f"linear_binary_cross_entropy_update: opt_state holds an array of shape {shape}, neither a "
+                f"scalar nor of the shape of a parameter (kernel {kernel.shape}, bias "
+                f"{None if bias is None else bias.shape}): pass optimizer.init(params) of an elementwise optimizer"
+            )
+    return roles
+
+
+def _chunk_update(optimizer, opt_state, roles: list[str]):
+    """The update loop's ``update``: ``optimizer.update`` of one chunk's gradients, state and parameters, and
+    ``optax.apply_updates``; the scalar state (the step count, schedules) is read from ``opt_state`` as given at
+    every chunk, so that it advances once per call."""
+    state_tree = jax.tree.structure(opt_state)
+    scalars = jax.tree.leaves(opt_state)
+
+    def update(j, kernel_gradient, bias_gradient, old: _chunks.Head) -> _chunks.Head:
+        chunk = {"kernel": old.kernel}
+        gradients = {"kernel": kernel_gradient.astype(old.kernel.dtype)}
+        if old.bias is not None:
+            chunk["bias"], gradients["bias"] = old.bias, bias_gradient.astype(old.bias.dtype)
+        state = [
+            initial if role == "scalar" else leaf for leaf, initial, role in zip(old.rest, scalars, roles, strict=True)
+        ]
+        updates, state = optimizer.update(gradients, jax.tree.unflatten(state_tree, state), chunk)
+        # optax.apply_updates: p + u in p's dtype.
+        new = {name: (chunk[name] + updates[name]).astype(chunk[name].dtype) for name in chunk}
+        return _chunks.Head(new["kernel"], new.get("bias"), jax.tree.leaves(state))
+
+    return update
+
+
+def _update_by_chunks(options: _Options, optimizer, roles: list[str], params: dict, opt_state, *arrays):
+    features, bias = arrays[0], arrays[4]
+    config, parameters, targets, example_weight, divisor = _by_chunks(options, *arrays)
+    layout = config.layout
+    laid_out = [
+        leaf if role == "scalar" else _chunks.by_chunk(leaf, layout)
+        for leaf, role in zip(jax.tree.leaves(opt_state), roles, strict=True)
+    ]
+    head = _chunks.Head(
+        _chunks.by_chunk(params["kernel"], layout),
+        None if bias is None else _chunks.by_chunk(params["bias"], layout),
+        laid_out,
+    )
+    row_scale = example_weight / divisor
+    chunked = [role != "scalar" for role in roles]
+    update = _chunk_update(optimizer, opt_state, roles)
+    rows, features_grad, head = _chunks.row_losses_and_updates(
+        config, parameters, targets, row_scale, head, chunked, update
+    )
+    new_params = {"kernel": _chunks.from_chunks(head.kernel, layout)}
+    if head.bias is not None:
+        new_params["bias"] = _chunks.from_chunks(head.bias, layout)
+    new_state = [
+        leaf if role == "scalar" else _chunks.from_chunks(leaf, layout)
+        for leaf, role in zip(head.rest, roles, strict=True)
+    ]
+    loss = _weighted_sum(row_scale, rows).astype(options.out_dtype)
+    features_grad = features_grad.reshape(features.shape).astype(features.dtype)
+    return loss, features_grad, new_params, jax.tree.unflatten(jax.tree.structure(opt_state), new_state)
+
+
+@jit_loss(
+    static=("optimizer", "label_smoothing", "ignore_label", "reduction", "chunk_size", "precision"),
+    trees=("params", "opt_state"),
+)
+def linear_binary_cross_entropy_update(
+    features: jax.typing.ArrayLike,
+    params: dict[str, jax.typing.ArrayLike],
+    opt_state: Any,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    positives: jax.typing.ArrayLike | None = None,
+    optimizer: Any,
+    weight: jax.typing.ArrayLike | None = None,
+    pos_weight: jax.typing.ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], Any]:
+    """One optimizer step of the classifier ``features @ kernel + bias`` fused into the loss's chunk loop: no
+    gradient of the kernel's size ever exists.
+
+    For each chunk of classes the loop forms the logits, the loss, and the chunk's gradients in the kernel and
+    the bias (as :func:`linear_binary_cross_entropy` does), applies ``optimizer.update`` to that chunk's
+    gradients, state and parameters, and writes the new parameters and state over the chunk's old ones. The
+    rest of the model gets the loss and its gradient in ``features``, for the ``vjp`` of the layers below:
+
+        loss, features_grad, params, opt_state = linear_binary_cross_entropy_update(
+            features, params, opt_state, labels, optimizer=optimizer)
+        body_grads = body_vjp(features_grad)
+
+    What is held beyond the arguments and the results is the chunk's arrays (``rows x chunk``): with the step
+    jitted and ``params`` and ``opt_state`` donated (``jax.jit(step, donate_argnums=...)``) the kernel and the
+    optimizer state are updated in place, and a step takes the memory of the parameters, their state and one
+    chunk, where the fused loss followed by ``optimizer.update`` also holds the kernel's gradient and the
+    updates (``bench/fused.py`` measures both).
+
+    Sharding: with the kernel, the bias and the state sharded over classes (Explicit or Auto axes), each device
+    updates its own columns and every result keeps its argument's sharding. Inside ``shard_map`` with the
+    classes split, each shard's loss and ``features_grad`` are those of its classes: use ``reduction="sum"``
+    (a mean would divide by the local classes) and ``psum`` the two over the class axis (tests/test_update.py).
+    16-bit parameters are updated in their own dtype, as ``optax.apply_updates`` does (no stochastic rounding).
+
+    Args:
+      features: ``(..., D)`` float16, bfloat16, float32 or float64: the last hidden layer.
+      params: ``{"kernel": (D, C), "bias": (C,)}`` (the bias optional), Flax ``Dense``'s names.
+      opt_state: ``optimizer.init(params)``.
+      labels: dense labels ``(..., C)``, or None with ``positives``, as for :func:`linear_binary_cross_entropy`.
+      positives: sparse labels ``(..., P)``, class indices padded with ``-1``.
+      optimizer: static Optax ``GradientTransformation`` whose update is elementwise: each parameter's update
+        depends only on its own gradient, state and value and on scalars (the step count, a schedule): SGD,
+        momentum, Adam, AdamW, Lion, RMSProp and chains of them, with schedules and elementwise clipping. One
+        that reads the whole gradient (global-norm clipping, Adafactor's factored moments) is a ``TypeError``
+        naming the operation, found by reading its update's program.
+      weight: optional non-negative weight broadcastable to the logits' shape, as for
+        :func:`linear_binary_cross_entropy`.
+      pos_weight: optional non-negative weight of the positive term, a scalar or ``(C,)``.
+      label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2``.
+      where: optional per-example bool mask broadcastable to ``features.shape[:-1]``.
+      ignore_label: static label value to ignore in dense ``labels``, or None.
+      chunk_size: static number of classes per chunk, or None to choose it from the shapes.
+      precision: static ``jax.lax.Precision`` of the matmuls.
+      reduction: ``"sum"``, ``"mean"`` (default) or ``"batchmean"``: the step needs a scalar loss.
+
+    Returns:
+      ``(loss, features_grad, params, opt_state)``: the loss and its gradient in ``features`` equal the value
+      and ``features`` gradient of :func:`linear_binary_cross_entropy` with the same arguments, and ``params``
+      and ``opt_state`` those of ``optax.apply_updates(params, updates)`` and ``optimizer.update(grads,
+      opt_state, params)`` for its gradient ``grads`` (to float32 rounding; tests/test_update.py). Scalar state
+      (Adam's count, a schedule's step) advances once per call. The parameters keep their dtypes.
+
+    Raises:
+      TypeError: an optimizer whose update is not elementwise; an ``opt_state`` leaf that is neither a scalar
+        nor shaped like a parameter; the argument errors of :func:`linear_binary_cross_entropy`.
+      ValueError: ``params`` without ``"kernel"`` or with other keys; ``reduction="none"``; the argument errors
+        of :func:`linear_binary_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce, optax
+      >>> features = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+      >>> params = {"kernel": jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]), "bias": jnp.zeros(3)}
+      >>> optimizer = optax.sgd(0.5)
+      >>> labels = jnp.array([[1, 0, 0], [0, 1, 1]])
+      >>> loss, features_grad, params, opt_state = jaxbce.linear_binary_cross_entropy_update(
+      ...     features, params, optimizer.init(params), labels, optimizer=optimizer)
+      >>> loss
+      Array(0.6109767, dtype=float32)
+      >>> jaxbce.linear_binary_cross_entropy(features, params["kernel"], labels, bias=params["bias"])
+      Array(0.5873575, dtype=float32)
+    """
+    if reduction not in ("sum", "mean", "batchmean"):
+        raise ValueError(
+            f"reduction must be 'sum', 'mean' or 'batchmean' for an update (a scalar loss), got {reduction!r}"
+        )
+    if not isinstance(params, dict) or "kernel" not in params or set(params) - {"kernel", "bias"}:
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f'params must be {{"kernel": (D, C), "bias": (C,)}} (bias optional), got {keys}')
+    kernel, bias = params["kernel"], params.get("bias")
+    options, arrays = _checked_arguments(
+        features, kernel, labels, positives, bias, weight, pos_weight, label_smoothing, where, ignore_label,
+        reduction, chunk_size, precision, REDUCTIONS,
+    )  # fmt: skip
+    params = {name: arrays[1] if name == "kernel" else arrays[4] for name in params}
+    _check_elementwise(optimizer, params, opt_state)
+    roles = _state_roles(opt_state, arrays[1], arrays[4])
+    # Under Explicit axes each result keeps its argument's sharding (the loss is replicated).
+    spec_of = lambda array: jax.sharding.PartitionSpec(*(explicit_spec(array) or ()))  # noqa: E731
+    out_specs = (jax.sharding.PartitionSpec(), spec_of(arrays[0]), *jax.tree.map(spec_of, (params, opt_state)))
+    update = functools.partial(_update_by_chunks, options, optimizer, roles)
+    return with_auto_axes(update, params, opt_state, *arrays, out_specs=out_specs)

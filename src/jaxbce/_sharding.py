@@ -49,9 +49,10 @@ def _on_mesh_of(array: jax.Array, spec: tuple) -> jax.sharding.NamedSharding:
     return jax.sharding.NamedSharding(jax.typeof(array).sharding.mesh, jax.sharding.PartitionSpec(*spec))
 
 
-def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
+def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = (), out_specs=None) -> T:
     """``fn(*args)`` with the Explicit mesh axes of ``args`` made Auto for its duration; the result is sharded
-    as ``out_spec`` says. A plain call where no argument is sharded over Explicit axes.
+    as ``out_spec`` says (or, for a result of several arrays, as the pytree ``out_specs`` of ``PartitionSpec``
+    says). A plain call where no argument is sharded over Explicit axes.
 
     Why. The fused losses visit the classes (or texts) in chunks: a loop that slices the class axis and
     carries gradients across steps. Sharding-in-types rejects a dynamic slice of a sharded dimension, while
@@ -62,4 +63,9 @@ def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = ()) -> T:
     explicit = [leaf for leaf in jax.tree.leaves(args) if explicit_spec(leaf) is not None]
     if not explicit:
         return fn(*args)
-    return jax.sharding.auto_axes(fn, out_sharding=_on_mesh_of(explicit[0], out_spec))(*args)
+    if out_specs is None:
+        out_sharding = _on_mesh_of(explicit[0], out_spec)
+    else:
+        is_spec = lambda leaf: isinstance(leaf, jax.sharding.PartitionSpec)  # noqa: E731
+        out_sharding = jax.tree.map(lambda spec: _on_mesh_of(explicit[0], tuple(spec)), out_specs, is_leaf=is_spec)
+    return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)

@@ -1,0 +1,343 @@
+"""linear_binary_cross_entropy_update: one optimizer step of the classifier fused into the chunk loop.
+
+The reference everywhere is the materialised step with Optax: ``jax.value_and_grad`` of
+:func:`jaxbce.linear_binary_cross_entropy` in ``features`` and the head's parameters, then ``optimizer.update``
+and ``optax.apply_updates``. The fused step must give the same loss, features gradient, parameters and state.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxbce
+from jax_compat import set_mesh
+
+N, D, C = 12, 6, 40
+
+OPTIMIZERS = {
+    "sgd": optax.sgd(0.1),
+    "momentum": optax.sgd(0.1, momentum=0.9, nesterov=True),
+    "adam": optax.adam(1e-2),
+    "adamw": optax.adamw(1e-2, weight_decay=0.1),
+    "lion": optax.lion(1e-3),
+    "rmsprop": optax.rmsprop(1e-2),
+    # A chain with an elementwise clip and a schedule: the schedule's step advances once per call.
+    "chain+schedule": optax.chain(
+        optax.clip(0.05), optax.scale_by_adam(), optax.scale_by_schedule(optax.exponential_decay(0.1, 1, 0.5))
+    ),
+}
+
+
+def _problem(seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    features = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    params = {"kernel": jnp.asarray(rng.normal(size=(D, C)) / 2, jnp.float32)}
+    if bias:
+        params["bias"] = jnp.asarray(rng.normal(size=C) - 1, jnp.float32)
+    labels = jnp.asarray(rng.uniform(size=(N, C)) < 0.2, jnp.float32)
+    return features, params, labels
+
+
+def _materialised_step(optimizer, features, params, opt_state, labels, **options):
+    def loss(features, params):
+        return jaxbce.linear_binary_cross_entropy(
+            features, params["kernel"], labels, bias=params.get("bias"), **options
+        )
+
+    value, (features_grad, grads) = jax.value_and_grad(loss, argnums=(0, 1))(features, params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return value, features_grad, optax.apply_updates(params, updates), opt_state
+
+
+def _assert_steps_equal(got, expected):
+    """Equal to float32 rounding: the gradients are the fused loss's own (the same chunk loop), the updates
+    Optax's own arithmetic on them."""
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert g.shape == e.shape
+        assert g.dtype == e.dtype
+        np.testing.assert_allclose(g, e, rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_three_steps_equal_optax_on_the_materialised_gradient(name):
+    optimizer = OPTIMIZERS[name]
+    features, params, labels = _problem()
+    fused_params, fused_state = params, optimizer.init(params)
+    ref_params, ref_state = params, optimizer.init(params)
+    step = jax.jit(functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=8))
+    for _ in range(3):
+        loss, features_grad, fused_params, fused_state = step(features, fused_params, fused_state, labels)
+        expected = _materialised_step(optimizer, features, ref_params, ref_state, labels, chunk_size=8)
+        _assert_steps_equal((loss, features_grad, fused_params, fused_state), expected)
+        ref_params, ref_state = expected[2], expected[3]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reduction": "sum"},
+        {"reduction": "batchmean", "pos_weight": "per class"},
+        {"weight": "per element", "where": "half the rows", "label_smoothing": 0.1},
+        {"ignore_label": -1.0, "weight": "per example"},
+        {"positives": True},
+        {"no_bias": True, "chunk_size": 7},  # 40 classes in chunks of 7: a padded last chunk
+    ],
+    ids=lambda options: ",".join(options),
+)
+def test_options_equal_the_materialised_step(options):
+    """Masks (with NaN garbage in the masked rows), weights, pos_weight, smoothing, ignored labels, sparse
+    positives, no bias and padded chunks, with Adam."""
+    optimizer = optax.adam(1e-2)
+    options = dict(options)
+    features, params, labels = _problem(seed=1, bias=not options.pop("no_bias", False))
+    rng = np.random.default_rng(2)
+    kwargs = {"chunk_size": options.pop("chunk_size", 8)}
+    if options.pop("positives", False):
+        positives = jnp.asarray(rng.integers(-1, C, size=(N, 5)), jnp.int32)
+        kwargs["positives"], labels = positives, None
+    if options.get("pos_weight") == "per class":
+        kwargs["pos_weight"] = jnp.asarray(rng.uniform(0.5, 4, size=C), jnp.float32)
+    if options.get("weight") == "per element":
+        kwargs["weight"] = jnp.asarray(rng.uniform(0, 2, size=(N, C)), jnp.float32)
+    if options.get("weight") == "per example":
+        kwargs["weight"] = jnp.asarray(rng.uniform(0, 2, size=(N, 1)), jnp.float32)
+    if options.get("where") == "half the rows":
+        keep = np.arange(N) % 2 == 0
+        kwargs["where"] = jnp.asarray(keep)
+        features = jnp.where(keep[:, None], features, jnp.nan)
+        labels = jnp.where(keep[:, None], labels, jnp.nan)
+    if "ignore_label" in options:
+        labels = jnp.where(jnp.asarray(rng.uniform(size=(N, C)) < 0.3), -1.0, labels)
+        kwargs["ignore_label"] = -1.0
+    for key in ("reduction", "label_smoothing"):
+        if key in options:
+            kwargs[key] = options[key]
+    state = optimizer.init(params)
+    got = jaxbce.linear_binary_cross_entropy_update(features, params, state, labels, optimizer=optimizer, **kwargs)
+    expected = _materialised_step(optimizer, features, params, state, labels, **kwargs)
+    _assert_steps_equal(got, expected)
+    assert np.isfinite(got[1]).all()
+
+
+def test_higher_rank_features_and_bfloat16_parameters():
+    """(B, T, D) features; bfloat16 kernel and bias with SGD: the parameters keep their dtype."""
+    optimizer = optax.sgd(0.5)
+    features, params, labels = _problem(seed=3)
+    features, labels = features.reshape(3, 4, D), labels.reshape(3, 4, C)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    state = optimizer.init(params)
+    got = jaxbce.linear_binary_cross_entropy_update(features, params, state, labels, optimizer=optimizer)
+    expected = _materialised_step(optimizer, features, params, state, labels)
+    assert got[1].shape == features.shape
+    assert got[2]["kernel"].dtype == jnp.bfloat16
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.float32(g), np.float32(e), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), optax.adafactor(1e-3)],
+    ids=["clip_by_global_norm", "adafactor"],
+)
+def test_an_update_that_reads_the_whole_gradient_is_a_type_error(optimizer):
+    features, params, labels = _problem()
+    with pytest.raises(TypeError, match=r"not elementwise \(it applies reduce_\w+ on arrays"):
+        jaxbce.linear_binary_cross_entropy_update(features, params, optimizer.init(params), labels, optimizer=optimizer)
+
+
+def test_argument_errors():
+    features, params, labels = _problem()
+    optimizer = optax.sgd(0.1)
+    state = optimizer.init(params)
+    update = jaxbce.linear_binary_cross_entropy_update
+    momentum = optax.sgd(0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="reduction must be 'sum', 'mean' or 'batchmean' for an update"):
+        update(features, params, state, labels, reduction="none", optimizer=optimizer)
+    with pytest.raises(ValueError, match=r'params must be \{"kernel"'):
+        update(features, {"w": params["kernel"]}, state, labels, optimizer=optimizer)
+    with pytest.raises(TypeError, match=r"optimizer\.update fails on params and opt_state"):
+        update(features, params, (jnp.zeros(3),), labels, optimizer=optimizer)
+    broadcast = {"kernel": jnp.zeros((D, C)), "bias": jnp.zeros(1)}  # a state that broadcasts: not elementwise
+    with pytest.raises(TypeError, match=r"not elementwise \(it applies add on arrays of shapes \(40,\), \(1,\)\)"):
+        update(features, params, (optax.TraceState(trace=broadcast), optax.EmptyState()), labels, optimizer=momentum)
+    # A state array shaped like no parameter that the update passes through: it cannot be laid out by chunks.
+    carries = optax.GradientTransformation(
+        lambda params: jnp.zeros(2), lambda updates, state, params=None: (updates, state)
+    )
+    with pytest.raises(TypeError, match=r"opt_state holds an array of shape \(2,\)"):
+        update(features, params, carries.init(params), labels, optimizer=carries)
+    with pytest.raises(ValueError, match="kernel"):
+        update(features[:, :-1], params, state, labels, optimizer=optimizer)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_memory_holds_no_kernel_sized_array(name):
+    """Compiled with params and opt_state donated (C = 2**16, chunks of 512 classes): the fused step's
+    temporaries stay below a tenth of the kernel whatever the optimizer's state, and its outputs alias its
+    inputs (updated in place); the fused loss followed by the optimizer holds the kernel's gradient. From the
+    executables' memory_analysis()."""
+    rows, dim, classes = 64, 32, 2**16
+    optimizer = OPTIMIZERS[name]
+    features = jax.ShapeDtypeStruct((rows, dim), jnp.float32)
+    params = {
+        "kernel": jax.ShapeDtypeStruct((dim, classes), jnp.float32),
+        "bias": jax.ShapeDtypeStruct((classes,), jnp.float32),
+    }
+    state = jax.eval_shape(optimizer.init, params)
+    positives = jax.ShapeDtypeStruct((rows, 8), jnp.int32)
+
+    def fused(features, params, state, positives):
+        return jaxbce.linear_binary_cross_entropy_update(
+            features, params, state, positives=positives, optimizer=optimizer, chunk_size=512
+        )
+
+    def separate(features, params, state, positives):
+        return _materialised_step(optimizer, features, params, state, None, positives=positives, chunk_size=512)
+
+    kernel_bytes = dim * classes * 4
+    analyses = {
+        form: jax.jit(step, donate_argnums=(1, 2)).lower(features, params, state, positives).compile().memory_analysis()
+        for form, step in (("fused", fused), ("separate", separate))
+    }
+    fused_memory, separate_memory = analyses["fused"], analyses["separate"]
+    assert fused_memory.temp_size_in_bytes < 0.1 * kernel_bytes
+    assert fused_memory.output_size_in_bytes - fused_memory.alias_size_in_bytes < 0.01 * kernel_bytes
+    assert separate_memory.temp_size_in_bytes > kernel_bytes
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+def test_sharded_over_classes_equals_one_device(axis_type):
+    """Kernel, bias and optimizer state sharded over the classes ("model"), features and labels over the examples:
+    one device's step, and every result keeps its argument's sharding."""
+    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
+    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
+    optimizer = optax.adam(1e-2)
+    features, params, labels = _problem(seed=4)
+    state = optimizer.init(params)
+    expected = jaxbce.linear_binary_cross_entropy_update(
+        features, params, state, labels, optimizer=optimizer, chunk_size=4
+    )
+
+    def spec(leaf):
+        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
+
+    put = lambda tree, spec: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)  # noqa: E731
+    args = (put(features, lambda a: P("data")), put(params, spec), put(state, spec), put(labels, lambda a: P("data")))
+    step = jax.jit(functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=4))
+    with set_mesh(mesh):
+        got = step(*args)
+        hlo = step.lower(*args).compile().as_text()
+    _assert_steps_equal(got, expected)
+    assert "all-gather" not in hlo or all(
+        "f32[40]" not in line and f"f32[{D},40]" not in line for line in hlo.splitlines() if "all-gather" in line
+    )
+    if axis_type == AxisType.Explicit:
+        assert got[2]["kernel"].sharding.spec == P(None, "model")
+        assert got[3][0].mu["kernel"].sharding.spec == P(None, "model")
+
+
+def test_inside_shard_map_with_local_classes():
+    """Inside shard_map with the classes split over "model" (reduction="sum"): each shard updates its own columns,
+    and the psum of the shards' losses and features gradients is one device's."""
+    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
+    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(AxisType.Explicit,) * 2)
+    optimizer = optax.adam(1e-2)
+    features, params, labels = _problem(seed=5)
+    state = optimizer.init(params)
+    step = functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, reduction="sum")
+    expected = step(features, params, state, labels)
+
+    def local(features, params, state, labels):
+        loss, features_grad, params, state = step(features, params, state, labels)
+        return jax.lax.psum(loss, "model"), jax.lax.psum(features_grad, "model"), params, state
+
+    def spec(leaf):
+        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
+
+    in_specs = (P(), jax.tree.map(spec, params), jax.tree.map(spec, state), P(None, "model"))
+    out_specs = (P(), P(), in_specs[1], in_specs[2])
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    args = jax.tree.map(
+        lambda a, s: jax.device_put(a, NamedSharding(mesh, s)),
+        (features, params, state, labels),
+        in_specs,
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    with set_mesh(mesh):
+        got = jax.jit(sharded)(*args)
+    _assert_steps_equal(got, expected)
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """The chunk layout of a one-device process (contiguous chunks; tests/conftest.py gives this one 8 devices,
+    where the chunks are strided), with jit caches cleared before and after."""
+    from jaxbce import _chunks
+
+    jax.clear_caches()
+    monkeypatch.setattr(_chunks, "one_device", lambda: True)
+    assert _chunks.choose_layout(C, N, 8).contiguous
+    yield
+    jax.clear_caches()
+
+
+@pytest.mark.usefixtures("one_device")
+def test_contiguous_chunks_give_the_same_losses_gradients_and_updates():
+    """On one device the chunks are blocks of consecutive classes: the fused loss (dense labels, sparse positives,
+    a padded last chunk, ignored labels, masks), its gradients, the fused update and the SigLIP loss equal the
+    materialised computations (float32 summation-order rounding)."""
+    features, params, labels = _problem(seed=6)
+    rng = np.random.default_rng(7)
+    positives = jnp.asarray(rng.integers(-1, C, size=(N, 5)), jnp.int32)
+    dense_positives = (
+        jnp.zeros((N, C)).at[jnp.arange(N)[:, None], jnp.where(positives >= 0, positives, C)].set(1.0, mode="drop")
+    )
+    partial = jnp.where(jnp.asarray(rng.uniform(size=(N, C)) < 0.2), -1.0, labels)
+    keep = jnp.asarray(np.arange(N) % 3 != 0)
+    for chunk_size, targets, options in (
+        (8, {"labels": labels}, {}),
+        (7, {"positives": positives}, {"where": keep}),
+        (6, {"labels": partial}, {"ignore_label": -1.0}),
+    ):
+
+        def fused(f, p, targets=targets, options=options, chunk_size=chunk_size):
+            kernel, bias = p["kernel"], p["bias"]
+            return jaxbce.linear_binary_cross_entropy(f, kernel, **targets, bias=bias, chunk_size=chunk_size, **options)
+
+        def materialised(f, p, targets=targets, options=options):
+            dense = targets.get("labels", dense_positives)
+            where = options.get("where")
+            mask = (dense != -1.0) if "ignore_label" in options else None
+            if where is not None:
+                mask = jnp.broadcast_to(where[:, None], dense.shape)
+            return jaxbce.binary_cross_entropy_with_logits(
+                f @ p["kernel"] + p["bias"], jnp.where(dense == -1.0, 0.0, dense), where=mask
+            )
+
+        got = jax.value_and_grad(fused, argnums=(0, 1))(features, params)
+        expected = jax.value_and_grad(materialised, argnums=(0, 1))(features, params)
+        for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-7)
+        optimizer = optax.adam(1e-2)
+        state = optimizer.init(params)
+        step = jaxbce.linear_binary_cross_entropy_update(
+            features, params, state, **targets, optimizer=optimizer, chunk_size=chunk_size, **options
+        )
+        kernel_and_bias = {"kernel": params["kernel"], "bias": params["bias"]}
+        _assert_steps_equal(
+            step, _materialised_step(optimizer, features, kernel_and_bias, state, targets.get("labels"),
+                                     chunk_size=chunk_size, **{k: v for k, v in targets.items() if k != "labels"},
+                                     **options),
+        )  # fmt: skip
+    images, texts = features, jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    logits = images @ texts.T * 2.0 - 1.0
+    siglip = -jnp.sum(jax.nn.log_sigmoid((2 * jnp.eye(N) - 1) * logits)) / N  # big_vision's formula
+    np.testing.assert_allclose(
+        jaxbce.sigmoid_contrastive_loss(images, texts, 2.0, -1.0, chunk_size=5), siglip, rtol=2e-6
+    )
