@@ -55,13 +55,13 @@ def _materialised_step(optimizer, features, params, opt_state, labels, **options
     return value, features_grad, optax.apply_updates(params, updates), opt_state
 
 
-def _assert_steps_equal(got, expected):
+def _assert_steps_equal(got, expected, atol=2e-7):
     """Equal to float32 rounding: the gradients are the fused loss's own (the same chunk loop), the updates
     Optax's own arithmetic on them."""
     for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         assert g.shape == e.shape
         assert g.dtype == e.dtype
-        np.testing.assert_allclose(g, e, rtol=2e-6, atol=2e-7)
+        np.testing.assert_allclose(g, e, rtol=2e-6, atol=atol)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -181,7 +181,8 @@ def test_memory_holds_no_kernel_sized_array(name):
     """Compiled with params and opt_state donated (C = 2**16, chunks of 512 classes): the fused step's
     temporaries stay below a tenth of the kernel whatever the optimizer's state, and its outputs alias its
     inputs (updated in place); the fused loss followed by the optimizer holds the kernel's gradient. From the
-    executables' memory_analysis()."""
+    executables' memory_analysis(). (jaxlib 0.7.0's XLA copies every updated array once per step, loop writes
+    notwithstanding: make test-oldest-jax leaves this test out.)"""
     rows, dim, classes = 64, 32, 2**16
     optimizer = OPTIMIZERS[name]
     features = jax.ShapeDtypeStruct((rows, dim), jnp.float32)
@@ -271,7 +272,8 @@ def test_inside_shard_map_with_local_classes():
     )
     with set_mesh(mesh):
         got = jax.jit(sharded)(*args)
-    _assert_steps_equal(got, expected)
+    # The features gradient is a psum of the shards' partial sums: float32 summation order (values up to ~6).
+    _assert_steps_equal(got, expected, atol=1e-6)
 
 
 @pytest.fixture

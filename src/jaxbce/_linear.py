@@ -582,7 +582,8 @@ def linear_binary_cross_entropy_update(
     jitted and ``params`` and ``opt_state`` donated (``jax.jit(step, donate_argnums=...)``) the kernel and the
     optimizer state are updated in place, and a step takes the memory of the parameters, their state and one
     chunk, where the fused loss followed by ``optimizer.update`` also holds the kernel's gradient and the
-    updates (``bench/fused.py`` measures both).
+    updates (``bench/fused.py`` measures both). That takes XLA's in-place loop writes, which jaxlib 0.7.0 does
+    not give: there each updated array is copied once per step (still no kernel-sized gradient).
 
     Sharding: with the kernel, the bias and the state sharded over classes (Explicit or Auto axes), each device
     updates its own columns and every result keeps its argument's sharding. Inside ``shard_map`` with the
