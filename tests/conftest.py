@@ -17,3 +17,19 @@ settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=2000, **_COMMON)
 settings.register_profile("dev", max_examples=30, **_COMMON)
 settings.load_profile("ci")
+
+# The longest tests (measured with --durations), run first: pytest-xdist hands tests to its two workers in order,
+# and one of these started last would keep a worker busy for a minute after the other has finished.
+_LONGEST_FIRST = (
+    "test_transformations.py::test_every_subset_and_pattern_equals_the_materialised_loss",
+    "test_notebooks.py::test_notebook_executes",
+    "test_properties.py::",
+    "test_packaging.py::",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        return next((i for i, name in enumerate(_LONGEST_FIRST) if name in item.nodeid), len(_LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each group is the collection order
