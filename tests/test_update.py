@@ -172,6 +172,15 @@ def test_argument_errors():
     )
     with pytest.raises(TypeError, match=r"opt_state holds an array of shape \(2,\)"):
         update(features, params, carries.init(params), labels, optimizer=carries)
+    for optimizer_value in (None, "adam"):
+        with pytest.raises(TypeError, match=r"update\(\): optimizer must be an Optax GradientTransformation"):
+            update(features, params, state, labels, optimizer=optimizer_value)
+    with pytest.raises(ValueError, match=r'update\(\): params must be \{"kernel".*got NoneType'):
+        update(features, None, state, labels, optimizer=optimizer)
+    with pytest.raises(TypeError, match=r"update\(\): optimizer\.update fails on params and opt_state"):
+        update(features, params, None, labels, optimizer=momentum)
+    with pytest.raises(TypeError, match="optimizer is a static option"):
+        jax.jit(lambda lr: update(features, params, state, labels, optimizer=lr))(0.1)
     with pytest.raises(ValueError, match="kernel"):
         update(features[:, :-1], params, state, labels, optimizer=optimizer)
 

@@ -270,9 +270,8 @@ def row_losses_and_gradients(
 
 
 class Head(NamedTuple):
-    """What the update loop carries: the layer's kernel ``(D, chunk, chunks)`` and bias ``(chunk, chunks)`` (or
-    None), and the caller's ``rest`` (the optimizer state's leaves, laid out by chunks or not, as ``chunked``
-    says)."""
+    """What the update loop carries: the layer's kernel and bias (or None) laid out by ``by_chunk``, and the
+    caller's ``rest`` (the optimizer state's leaves, laid out by chunks or not, as ``chunked`` says)."""
 
     kernel: jax.Array
     bias: jax.Array | None
@@ -303,7 +302,7 @@ def row_losses_and_updates(
     update: Callable,
 ) -> tuple[jax.Array, jax.Array, Head]:
     """Per-row losses, the features gradient of ``sum(row_scale * row_losses)``, and ``head`` with each chunk
-    ``j`` replaced by ``update(j, kernel_gradient, bias_gradient, old)``: ``old`` is chunk ``j`` of ``head``
+    ``j`` replaced by ``update(kernel_gradient, bias_gradient, old)``: ``old`` is chunk ``j`` of ``head``
     (``(D, chunk)``, ``(chunk,)`` and the chunked state's chunks; the other leaves whole) and the gradients are
     chunk ``j``'s. ``parameters.kernel`` and ``.bias`` are not read: the kernel and bias are ``head``'s.
 
@@ -319,14 +318,13 @@ def row_losses_and_updates(
 
     def step(j, carry):
         rows, d_features, head, pending = carry
-        head = _write(
-            head, pending, chunked, jnp.maximum(j - 1, 0), layout
-        )  # chunk j - 1 (at j = 0, chunk 0 as it was)
+        # Chunk j - 1's new values (at j = 0, chunk 0 as it was).
+        head = _write(head, pending, chunked, jnp.maximum(j - 1, 0), layout)
         old = _read(head, chunked, j, layout)
         current = parameters._replace(kernel=head.kernel, bias=head.bias)
         d_logits, _, _, chunk_rows = _chunk_gradients(config, current, targets, row_scale, j)
         d_features = d_features + _dot(config, d_logits, old.kernel, contract=(1, 1))
-        new = update(j, _dot(config, features, d_logits, (0, 0)), d_logits.sum(axis=0), old)
+        new = update(_dot(config, features, d_logits, (0, 0)), d_logits.sum(axis=0), old)
         return rows + chunk_rows, d_features, head, new
 
     initial = (

@@ -456,13 +456,13 @@ def _check_elementwise(optimizer, params: dict, opt_state) -> None:
         program = jax.make_jaxpr(optimizer.update)(*abstract)
     except (TypeError, ValueError) as error:
         raise TypeError(
-            f"linear_binary_cross_entropy_update: optimizer.update fails on params and opt_state ({error}); pass "
+            f"linear_binary_cross_entropy_update(): optimizer.update fails on params and opt_state ({error}); pass "
             "opt_state = optimizer.init(params)"
         ) from error
     found = _not_elementwise(program.jaxpr)
     if found:
         raise TypeError(
-            f"linear_binary_cross_entropy_update: the optimizer's update is not elementwise (it applies {found}). "
+            f"linear_binary_cross_entropy_update(): the optimizer's update is not elementwise (it applies {found}). "
             "The fused update applies it to one chunk of classes at a time, so each parameter's update may depend "
             "only on its own gradient, state and value, and on scalars such as the step count: global-norm "
             "clipping, factored second moments (Adafactor) and other updates that read the whole gradient cannot "
@@ -470,41 +470,36 @@ def _check_elementwise(optimizer, params: dict, opt_state) -> None:
         )
 
 
-def _state_roles(opt_state, kernel: jax.Array, bias: jax.Array | None) -> list[str]:
-    """For each leaf of the optimizer state: "kernel" or "bias" (a per-parameter array of that shape) or
-    "scalar"."""
-    roles = []
+def _chunked_leaves(opt_state, kernel: jax.Array, bias: jax.Array | None) -> list[bool]:
+    """For each leaf of the optimizer state, whether it is a per-parameter array (the shape of the kernel or of
+    the bias: laid out by chunks) rather than a scalar (the step count, a schedule's state: read whole)."""
+    chunked = []
     for leaf in jax.tree.leaves(opt_state):
         shape = np.shape(leaf)
-        if shape == kernel.shape:
-            roles.append("kernel")
-        elif bias is not None and shape == bias.shape:
-            roles.append("bias")
-        elif shape == ():
-            roles.append("scalar")
-        else:
+        if shape not in ((), kernel.shape, *([] if bias is None else [bias.shape])):
             raise TypeError(
-                f"linear_binary_cross_entropy_update: opt_state holds an array of shape {shape}, neither a "
+                f"linear_binary_cross_entropy_update(): opt_state holds an array of shape {shape}, neither a "
                 f"scalar nor of the shape of a parameter (kernel {kernel.shape}, bias "
                 f"{None if bias is None else bias.shape}): pass optimizer.init(params) of an elementwise optimizer"
             )
-    return roles
+        chunked.append(shape != ())
+    return chunked
 
 
-def _chunk_update(optimizer, opt_state, roles: list[str]):
+def _chunk_update(optimizer, opt_state, chunked: list[bool]):
     """The update loop's ``update``: ``optimizer.update`` of one chunk's gradients, state and parameters, and
     ``optax.apply_updates``; the scalar state (the step count, schedules) is read from ``opt_state`` as given at
     every chunk, so that it advances once per call."""
     state_tree = jax.tree.structure(opt_state)
     scalars = jax.tree.leaves(opt_state)
 
-    def update(j, kernel_gradient, bias_gradient, old: _chunks.Head) -> _chunks.Head:
+    def update(kernel_gradient, bias_gradient, old: _chunks.Head) -> _chunks.Head:
         chunk = {"kernel": old.kernel}
         gradients = {"kernel": kernel_gradient.astype(old.kernel.dtype)}
         if old.bias is not None:
             chunk["bias"], gradients["bias"] = old.bias, bias_gradient.astype(old.bias.dtype)
         state = [
-            initial if role == "scalar" else leaf for leaf, initial, role in zip(old.rest, scalars, roles, strict=True)
+            leaf if by_chunks else initial for leaf, initial, by_chunks in zip(old.rest, scalars, chunked, strict=True)
         ]
         updates, state = optimizer.update(gradients, jax.tree.unflatten(state_tree, state), chunk)
         # optax.apply_updates: p + u in p's dtype.
@@ -514,22 +509,20 @@ def _chunk_update(optimizer, opt_state, roles: list[str]):
     return update
 
 
-def _update_by_chunks(options: _Options, optimizer, roles: list[str], params: dict, opt_state, *arrays):
+def _update_by_chunks(options: _Options, optimizer, chunked: list[bool], params: dict, opt_state, *arrays):
     features, bias = arrays[0], arrays[4]
     config, parameters, targets, example_weight, divisor = _by_chunks(options, *arrays)
     layout = config.layout
-    laid_out = [
-        leaf if role == "scalar" else _chunks.by_chunk(leaf, layout)
-        for leaf, role in zip(jax.tree.leaves(opt_state), roles, strict=True)
-    ]
     head = _chunks.Head(
         _chunks.by_chunk(params["kernel"], layout),
         None if bias is None else _chunks.by_chunk(params["bias"], layout),
-        laid_out,
+        [
+            _chunks.by_chunk(leaf, layout) if by_chunks else leaf
+            for leaf, by_chunks in zip(jax.tree.leaves(opt_state), chunked, strict=True)
+        ],
     )
     row_scale = example_weight / divisor
-    chunked = [role != "scalar" for role in roles]
-    update = _chunk_update(optimizer, opt_state, roles)
+    update = _chunk_update(optimizer, opt_state, chunked)
     rows, features_grad, head = _chunks.row_losses_and_updates(
         config, parameters, targets, row_scale, head, chunked, update
     )
@@ -537,8 +530,8 @@ def _update_by_chunks(options: _Options, optimizer, roles: list[str], params: di
     if head.bias is not None:
         new_params["bias"] = _chunks.from_chunks(head.bias, layout)
     new_state = [
-        leaf if role == "scalar" else _chunks.from_chunks(leaf, layout)
-        for leaf, role in zip(head.rest, roles, strict=True)
+        _chunks.from_chunks(leaf, layout) if by_chunks else leaf
+        for leaf, by_chunks in zip(head.rest, chunked, strict=True)
     ]
     loss = _weighted_sum(row_scale, rows).astype(options.out_dtype)
     features_grad = features_grad.reshape(features.shape).astype(features.dtype)
@@ -638,13 +631,19 @@ def linear_binary_cross_entropy_update(
       >>> jaxbce.linear_binary_cross_entropy(features, params["kernel"], labels, bias=params["bias"])
       Array(0.5873575, dtype=float32)
     """
+    name = "linear_binary_cross_entropy_update()"
     if reduction not in ("sum", "mean", "batchmean"):
         raise ValueError(
-            f"reduction must be 'sum', 'mean' or 'batchmean' for an update (a scalar loss), got {reduction!r}"
+            f"{name}: reduction must be 'sum', 'mean' or 'batchmean' for an update (a scalar loss), got {reduction!r}"
         )
     if not isinstance(params, dict) or "kernel" not in params or set(params) - {"kernel", "bias"}:
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f'params must be {{"kernel": (D, C), "bias": (C,)}} (bias optional), got {keys}')
+        raise ValueError(f'{name}: params must be {{"kernel": (D, C), "bias": (C,)}} (bias optional), got {keys}')
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            f"{name}: optimizer must be an Optax GradientTransformation (init and update), such as optax.adam(1e-3), "
+            f"got {type(optimizer).__name__}"
+        )
     kernel, bias = params["kernel"], params.get("bias")
     options, arrays = _checked_arguments(
         features, kernel, labels, positives, bias, weight, pos_weight, label_smoothing, where, ignore_label,
@@ -652,9 +651,9 @@ def linear_binary_cross_entropy_update(
     )  # fmt: skip
     params = {name: arrays[1] if name == "kernel" else arrays[4] for name in params}
     _check_elementwise(optimizer, params, opt_state)
-    roles = _state_roles(opt_state, arrays[1], arrays[4])
+    chunked = _chunked_leaves(opt_state, arrays[1], arrays[4])
     # Under Explicit axes each result keeps its argument's sharding (the loss is replicated).
     spec_of = lambda array: jax.sharding.PartitionSpec(*(explicit_spec(array) or ()))  # noqa: E731
     out_specs = (jax.sharding.PartitionSpec(), spec_of(arrays[0]), *jax.tree.map(spec_of, (params, opt_state)))
-    update = functools.partial(_update_by_chunks, options, optimizer, roles)
+    update = functools.partial(_update_by_chunks, options, optimizer, chunked)
     return with_auto_axes(update, params, opt_state, *arrays, out_specs=out_specs)
