@@ -67,7 +67,7 @@ test-gpu:
 # (scripts/check_gpu_hlo.py; writes bench/results/gpu-hlo-h100.json). No GPU needed; CUDA jaxlib is ~4 GB.
 check-gpu-hlo:
 	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
-	.venv-gpu/bin/python -m pip install --quiet -e . "jax[cuda13]"
+	.venv-gpu/bin/python -m pip install --quiet -e . "jax[cuda13]" optax
 	cd scripts && ../.venv-gpu/bin/python check_gpu_hlo.py
 
 # The same check 1 (error terms) for a TPU v5e topology, with libtpu (compile only; writes tpu-hlo-v5e.json).

@@ -19,8 +19,9 @@ materialised forms the dense bool labels those indices mean.
 
 The classifier's Adam step (``UPDATE_SHAPES``, sparse positives; ``--update-only`` reruns just these rows):
 ``jaxbce.linear_binary_cross_entropy_update`` against the fused loss's gradient followed by ``optax.adam`` and
-``optax.apply_updates``, both jitted with the parameters and the optimizer state donated. Memory is what a step
-holds: arguments, plus outputs not aliased to them, plus temporaries; times are medians of consecutive steps.
+``optax.apply_updates``, both jitted with the parameters and the optimizer state donated, and the fused update
+of a bfloat16 head and Adam state rounded stochastically (``key``). Memory is what a step holds: arguments, plus
+outputs not aliased to them, plus temporaries; times are medians of consecutive steps.
 
 Writes ``bench/results/fused-<backend>.json`` and ``.png``.
 """
@@ -130,15 +131,19 @@ def run(shapes, repeats: int) -> list[dict]:
 
 # (batch, D, C, P) of the classifier-update rows: sparse positives, Adam.
 UPDATE_SHAPES = [(256, 128, 2**18, 32), (256, 128, 2**20, 32), (1024, 128, 2**22, 32), (1024, 128, 2**23, 32)]
+# The update rows run up to a larger step (the fused loss then Adam at 1024 x 128 x 2^22: 8.1 GiB), one form at
+# a time, freeing each form's parameters and state before the next.
+UPDATE_RUN_LIMIT_BYTES = 9 * 2**30
+BFLOAT16_UPDATE = "fused update, bfloat16, stochastic rounding"
 
 
 def _update_forms(optimizer):
-    """name -> train step of the classifier (features, params, opt_state, positives) -> (loss, features gradient,
-    params, opt_state), jitted with params and opt_state donated."""
+    """name -> (train step of the classifier (features, params, opt_state, positives) -> (loss, features gradient,
+    params, opt_state), jitted with params and opt_state donated; the head's dtype)."""
 
-    def fused_update(features, params, state, positives):
+    def fused_update(features, params, state, positives, key=None):
         return jaxbce.linear_binary_cross_entropy_update(
-            features, params, state, positives=positives, optimizer=optimizer
+            features, params, state, positives=positives, optimizer=optimizer, key=key
         )
 
     def fused_loss_then_adam(features, params, state, positives):
@@ -150,37 +155,42 @@ def _update_forms(optimizer):
         updates, state = optimizer.update(grads, state, params)
         return value, features_grad, optax.apply_updates(params, updates), state
 
-    forms = {"fused update": fused_update, "fused loss, then optax.adam": fused_loss_then_adam}
-    return {name: jax.jit(form, donate_argnums=(1, 2)) for name, form in forms.items()}
+    def bfloat16_update(features, params, state, positives):
+        return fused_update(features, params, state, positives, jax.random.key(0))
+
+    forms = {
+        "fused update": (fused_update, jnp.float32),
+        "fused loss, then optax.adam": (fused_loss_then_adam, jnp.float32),
+        BFLOAT16_UPDATE: (bfloat16_update, jnp.bfloat16),
+    }
+    return {name: (jax.jit(form, donate_argnums=(1, 2)), dtype) for name, (form, dtype) in forms.items()}
 
 
 def run_update(shapes, repeats: int) -> list[dict]:
     """Memory (compiled, donated: arguments + outputs not aliased to them + temporaries) and time per step of the
-    classifier's Adam step, fused into the chunk loop or after the fused loss."""
+    classifier's Adam step, fused into the chunk loop or after the fused loss; and the fused one with a bfloat16
+    head and Adam state, rounded stochastically."""
     optimizer = optax.adam(1e-3)
     rows = []
     for batch, dim, classes, positives_per_row in shapes:
         features = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
-        params = {
-            "kernel": jax.ShapeDtypeStruct((dim, classes), jnp.float32),
-            "bias": jax.ShapeDtypeStruct((classes,), jnp.float32),
-        }
-        state = jax.eval_shape(optimizer.init, params)
         positives = jax.ShapeDtypeStruct((batch, positives_per_row), jnp.int32)
         row = {"batch": batch, "dim": dim, "classes": classes, "positives_per_row": positives_per_row, "forms": {}}
-        for name, step in _update_forms(optimizer).items():
-            compiled = step.lower(features, params, state, positives).compile()
+        for name, (step, dtype) in _update_forms(optimizer).items():
+            params = {
+                "kernel": jax.ShapeDtypeStruct((dim, classes), dtype),
+                "bias": jax.ShapeDtypeStruct((classes,), dtype),
+            }
+            compiled = step.lower(features, params, jax.eval_shape(optimizer.init, params), positives).compile()
             analysis = compiled.memory_analysis()
             entry = measure.memory(compiled)
             entry["aliased_bytes"] = int(analysis.alias_size_in_bytes)
             entry["step_bytes"] = entry["total_bytes"] - entry["aliased_bytes"]
-            if entry["step_bytes"] < RUN_LIMIT_BYTES:
+            if entry["step_bytes"] < UPDATE_RUN_LIMIT_BYTES:
                 f, kernel, bias, _, picks = _inputs(batch, dim, classes, positives_per_row)
-                f, picks, head = (
-                    jnp.asarray(f),
-                    jnp.asarray(picks),
-                    {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)},
-                )
+                f, picks = jnp.asarray(f), jnp.asarray(picks)
+                head = {"kernel": jnp.asarray(kernel, dtype), "bias": jnp.asarray(bias, dtype)}
+                del kernel, bias
                 # Consecutive steps, each taking the parameters and state the last one returned (they are donated).
                 _, _, head, opt_state = jax.block_until_ready(compiled(f, head, optimizer.init(head), picks))
                 times = []
@@ -189,16 +199,21 @@ def run_update(shapes, repeats: int) -> list[dict]:
                     _, _, head, opt_state = jax.block_until_ready(compiled(f, head, opt_state, picks))
                     times.append(time.perf_counter() - start)
                 entry["seconds"] = float(np.median(times))
+                del head, opt_state
             row["forms"][name] = entry
             del compiled
             print(batch, dim, classes, name, entry, flush=True)
-        fused, separate = row["forms"]["fused update"], row["forms"]["fused loss, then optax.adam"]
+        forms = row["forms"]
+        fused, separate, bfloat16 = forms["fused update"], forms["fused loss, then optax.adam"], forms[BFLOAT16_UPDATE]
         row["ratios"] = {
             "fused update step bytes / separate step bytes": fused["step_bytes"] / separate["step_bytes"],
             "fused update temp / kernel bytes": fused["temp_bytes"] / (dim * classes * 4),
+            "bfloat16 fused update step bytes / fused update step bytes": bfloat16["step_bytes"] / fused["step_bytes"],
         }
         if "seconds" in fused and "seconds" in separate:
             row["ratios"]["fused update time / separate time"] = fused["seconds"] / separate["seconds"]
+        if "seconds" in fused and "seconds" in bfloat16:
+            row["ratios"]["bfloat16 fused update time / fused update time"] = bfloat16["seconds"] / fused["seconds"]
         print(json.dumps(row["ratios"]), flush=True)
         rows.append(row)
     return rows

@@ -299,7 +299,10 @@ def _update_section(rows) -> list[str]:
         "state donated: `linear_binary_cross_entropy_update` against the fused loss's gradient followed by "
         "`optax.adam` and `optax.apply_updates`. A step's memory is its arguments, the outputs not aliased to "
         "them and its temporaries (GiB, from `memory_analysis()`); seconds are medians of consecutive steps "
-        "(– where not run: over 6 GiB).",
+        "(– where not run: over 9 GiB). The last two columns are the fused update of a bfloat16 head and Adam state "
+        "rounded stochastically (`key`): half the arguments, but XLA:CPU copies most bfloat16 arrays once per step "
+        "(it cannot write bfloat16 in place in a loop), so on this machine the step saves less than a fifth of "
+        "the float32 one's memory (GPUs write it in place: scripts/check_gpu_hlo.py).",
         "",
         *_table_head(
             "batch x D x C",
@@ -311,19 +314,23 @@ def _update_section(rows) -> list[str]:
             "fused update s",
             "loss, then adam s",
             "time ratio",
+            "bfloat16 update GiB",
+            "bfloat16 update s",
         ),
     ]
     for row in rows:
-        fused, separate = row["forms"]["fused update"], row["forms"]["fused loss, then optax.adam"]
-        ratios = row["ratios"]
-        seconds = [f"{e['seconds']:.3g}" if "seconds" in e else "–" for e in (fused, separate)]
+        forms, ratios = row["forms"], row["ratios"]
+        fused, separate = forms["fused update"], forms["fused loss, then optax.adam"]
+        bfloat16 = forms.get("fused update, bfloat16, stochastic rounding", {})
+        seconds = [f"{e['seconds']:.3g}" if "seconds" in e else "–" for e in (fused, separate, bfloat16)]
         time_ratio = ratios.get("fused update time / separate time")
         lines.append(
             f"| {row['batch']} x {row['dim']} x 2^{row['classes'].bit_length() - 1} | {_gib(fused['step_bytes'])} "
             f"| {_gib(fused['temp_bytes'])} | {_gib(separate['step_bytes'])} "
             f"| {ratios['fused update step bytes / separate step bytes']:.2f} "
             f"| {ratios['fused update temp / kernel bytes']:.3f} | {seconds[0]} | {seconds[1]} "
-            f"| {'–' if time_ratio is None else f'{time_ratio:.2f}'} |"
+            f"| {'–' if time_ratio is None else f'{time_ratio:.2f}'} "
+            f"| {_gib(bfloat16['step_bytes']) if bfloat16 else '–'} | {seconds[2]} |"
         )
     return [*lines, ""]
 

@@ -16,9 +16,14 @@ float32 and float64:
 3. Transcendental and approximate instructions: the libdevice functions each case calls, and the PTX's
    approximate instructions (``div.full.f32``, ``rcp.approx``, ``sqrt.approx``, ``ex2.approx``), reported.
 
+4. Memory of the fused classifier update (GPU only): its temporaries stay below a tenth of a float32 kernel for
+   float32, bfloat16 and float16 heads, rounded stochastically or not; bfloat16 is written in place on the GPU,
+   where XLA:CPU copies it once.
+
 Writes bench/results/gpu-hlo-h100.json (or tpu-hlo-v5e.json) and exits 1 if a check fails.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -32,6 +37,7 @@ os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver here:
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -40,6 +46,7 @@ jax.config.update("jax_enable_x64", True)
 
 import hlo_evidence  # noqa: E402  (scripts/hlo_evidence.py, beside this script)
 
+import jaxbce  # noqa: E402
 from jaxbce._registry import LOSSES  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,6 +88,30 @@ def _topology(platform: str):
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     return topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2")
+
+
+def _update_temporaries(mesh) -> dict[str, float]:
+    """4. The fused classifier update's temporaries (Adam, 256 x 128 x 2^20, params and state donated) as a
+    fraction of a float32 kernel, for float32 and 16-bit heads, rounded stochastically or not: on the device
+    bfloat16 is written in place (on XLA:CPU each bfloat16 array is copied once, tests/test_update.py)."""
+    optimizer, (rows, dim, classes) = optax.adam(1e-3), (256, 128, 2**20)
+
+    def on_device(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())), tree)
+
+    fractions = {}
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        params = on_device({"kernel": jnp.zeros((dim, classes), dtype), "bias": jnp.zeros((classes,), dtype)})
+        state = on_device(jax.eval_shape(optimizer.init, params))
+        features, positives = on_device((jnp.zeros((rows, dim), jnp.float32), jnp.zeros((rows, 8), jnp.int32)))
+        for key in (None, jax.random.key(0)):
+            step = functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, key=key)
+            compiled = jax.jit(lambda f, p, s, i: step(f, p, s, positives=i), donate_argnums=(1, 2))  # noqa: B023
+            analysis = compiled.lower(features, params, state, positives).compile().memory_analysis()
+            case = f"{jnp.dtype(dtype).name}{', stochastic rounding' if key is not None else ''}"
+            fractions[case] = analysis.temp_size_in_bytes / (dim * classes * 4)
+            print(f"fused update, {case}: temporaries {fractions[case]:.3f} of a float32 kernel", flush=True)
+    return fractions
 
 
 def main(platform: str) -> int:
@@ -153,6 +184,10 @@ def main(platform: str) -> int:
             results[f"{name}: exact sum of 65536 elements on the device, {mode}"] = {"conditionals": conditionals}
             if conditionals:
                 failures.append(f"the {mode} of a large {name} sum compiles a conditional on {platform}")
+    if platform == "cuda":
+        results["fused update, temporaries / float32 kernel"] = temporaries = _update_temporaries(mesh)
+        failures += [f"the fused update's {case} is not in place on {platform}"
+                     for case, t in temporaries.items() if t > 0.1]  # fmt: skip
     results["failures"] = failures
     out = ROOT / "bench" / "results" / f"{'gpu-hlo-h100' if platform == 'cuda' else 'tpu-hlo-v5e'}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

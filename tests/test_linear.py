@@ -557,16 +557,18 @@ class ShardedTest(parameterized.TestCase):
         chex.assert_trees_all_close(grads, expected_grads, rtol=2e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused_update", [False, True], ids=["fused loss", "fused update"])
-def test_extreme_multilabel_example_learns(fused_update):
-    """examples/extreme_multilabel.py at a small size, with the classifier's update fused or not: it runs, and
-    held-out precision@1 rises from chance (the memory of the fused update is tested in test_update.py, at a size
-    with more than one chunk)."""
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--fused-update"], ["--fused-update", "--dtype", "bfloat16"]],
+    ids=["fused loss", "fused update", "fused update, bfloat16 rounded stochastically"],
+)
+def test_extreme_multilabel_example_learns(options):
+    """examples/extreme_multilabel.py at a small size, with the classifier's update fused or not, and with a 16-bit
+    classifier: it runs, and held-out precision@1 rises from chance (the memory of the fused update is tested in
+    test_update.py, at a size with more than one chunk)."""
     command = [sys.executable, str(ROOT / "examples" / "extreme_multilabel.py"), "--classes", "3000", "--train",
                "4096", "--test", "512", "--batch", "128", "--steps", "60"]  # fmt: skip
-    output = subprocess.run(
-        command + ["--fused-update"] * fused_update, capture_output=True, text=True, timeout=300, check=True
-    ).stdout
+    output = subprocess.run(command + options, capture_output=True, text=True, timeout=300, check=True).stdout
     before = float(re.search(r"before training: ([\d.]+)", output)[1])
     after = float(re.search(r"after training:\s+([\d.]+)", output)[1])
     assert after > before + 0.1, output

@@ -6,6 +6,8 @@ and ``optax.apply_updates``. The fused step must give the same loss, features gr
 """
 
 import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +142,90 @@ def test_higher_rank_features_and_bfloat16_parameters():
         np.testing.assert_allclose(np.float32(g), np.float32(e), rtol=1e-2, atol=1e-2)
 
 
+def _float32_step_of_bfloat16_head(optimizer, features, params, labels):
+    """The reference of the stochastically rounded step: Optax's step in float32 on float32 copies of bfloat16
+    parameters and of their (bfloat16) initial state, with the float32 gradient of the fused loss."""
+    state = optimizer.init(params)
+    widened = jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a, (params, state))
+    return _materialised_step(optimizer, features, *widened, labels)[2:], state
+
+
+def _bfloat16_neighbours(values, tolerance):
+    """The bfloat16 numbers next to each float32 value, below and above (the same where it is one), of the values
+    within ``tolerance`` of it: by the bits, truncation toward zero and one unit away from it (ml_dtypes'
+    bfloat16 is float32's upper 16 bits)."""
+    neighbours = []
+    for shifted in (values - tolerance, values + tolerance):
+        bits = np.asarray(shifted, np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+        neighbours += [bits.view(np.float32), (bits + np.uint32(0x10000)).view(np.float32)]
+    return np.stack(neighbours)
+
+
+def test_stochastic_rounding_gives_a_neighbour_of_the_float32_step_and_it_in_expectation():
+    """bfloat16 kernel, bias and Adam moments with ``key``: each result is one of the two bfloat16 neighbours of
+    Optax's float32 step (from float32 copies and the float32 gradient), and their mean over 4,000 keys is that
+    step within 6 standard deviations (at most half a bfloat16 spacing / sqrt(4000) each); round to nearest,
+    which the same bound rejects for most elements, is what the step does without ``key``. Learning rate 1e-3:
+    updates around half a spacing of the weights (about 2^-9 of 0.5)."""
+    optimizer, samples = optax.adam(1e-3), 4000
+    features, params, labels = _problem(seed=7)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    expected, state = _float32_step_of_bfloat16_head(optimizer, features, params, labels)
+    step = functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=8)
+    keys = jax.random.split(jax.random.key(11), samples)
+    got = jax.jit(jax.vmap(lambda key: step(features, params, state, labels, key=key)[2:]))(keys)
+    nearest = step(features, params, state, labels)[2:]
+    checked = 0
+    for g, e, n in zip(jax.tree.leaves(got), jax.tree.leaves(expected), jax.tree.leaves(nearest), strict=True):
+        if g.ndim == 1:  # Adam's count: advanced once
+            assert (g == e).all()
+            continue
+        assert g.dtype == n.dtype == jnp.bfloat16
+        g, e, n = np.float32(g), np.asarray(e), np.float32(n)
+        tolerance = 2e-6 * np.abs(e) + 1e-30  # the float32 steps' own rounding
+        neighbours = _bfloat16_neighbours(e, tolerance)
+        assert (g[:, None] == neighbours[None]).any(axis=1).all()
+        spacing = np.abs(neighbours[1] - neighbours[0])
+        bound = 6 * 0.5 * spacing / np.sqrt(samples) + tolerance
+        assert (np.abs(g.mean(axis=0) - e) <= bound).all()
+        assert (np.abs(n - e) > bound).mean() > 0.5
+        checked += e.size
+    assert checked == 3 * (D * C + C)  # kernel and bias, and their two moments
+
+
+def test_round_stochastically_to_float16_and_its_special_values():
+    """The rounding itself, to float16 (NumPy's own float16 ``nextafter`` gives the neighbours): each result is
+    one of the two float16 numbers around the float32 value, their mean over 4,000 keys is the value within 6
+    standard deviations, and a value that is a float16 number, a signed zero, an infinity or a NaN is kept."""
+    from jaxbce._numerics import round_stochastically
+
+    values = np.random.default_rng(10).normal(size=64).astype(np.float32) * 10.0 ** np.arange(-3, 5).repeat(8)
+    keys = jax.random.split(jax.random.key(12), 4000)
+    got = np.float32(jax.jit(jax.vmap(lambda key: round_stochastically(jnp.asarray(values), jnp.float16, key)))(keys))
+    below = np.where(values.astype(np.float16) <= values, values.astype(np.float16),
+                     np.nextafter(values.astype(np.float16), np.float16(-np.inf)))  # fmt: skip
+    above = np.nextafter(below, np.float16(np.inf))
+    assert ((got == np.float32(below)) | (got == np.float32(above))).all()
+    bound = 6 * 0.5 * (np.float32(above) - np.float32(below)) / np.sqrt(len(keys))
+    assert (np.abs(got.mean(axis=0) - values) <= bound).all()
+    special = np.array([1.5, -0.0, 0.0, np.inf, -np.inf, np.nan, 65504.0], np.float32)
+    kept = np.float32(round_stochastically(jnp.asarray(special), jnp.float16, jax.random.key(0)))
+    np.testing.assert_array_equal(kept, special)
+    assert np.signbit(kept[1])
+    assert not np.signbit(kept[2])
+
+
+def test_key_leaves_float32_parameters_alone():
+    """With float32 parameters and state ``key`` rounds nothing: the step is the same, bit for bit."""
+    optimizer = optax.adam(1e-2)
+    features, params, labels = _problem(seed=8)
+    state = optimizer.init(params)
+    step = functools.partial(jaxbce.linear_binary_cross_entropy_update, features, params, state, labels)
+    with_key, without = step(optimizer=optimizer, key=jax.random.key(0)), step(optimizer=optimizer)
+    for a, b in zip(jax.tree.leaves(with_key), jax.tree.leaves(without), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize(
     "optimizer",
     [optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), optax.adafactor(1e-3)],
@@ -183,40 +269,56 @@ def test_argument_errors():
         jax.jit(lambda lr: update(features, params, state, labels, optimizer=lr))(0.1)
     with pytest.raises(ValueError, match="kernel"):
         update(features[:, :-1], params, state, labels, optimizer=optimizer)
+    for key in (jnp.zeros(3), jax.random.split(jax.random.key(0), 2), jnp.zeros((2,), jnp.int32)):
+        with pytest.raises(TypeError, match=r"update\(\): key must be one PRNG key"):
+            update(features, params, state, labels, optimizer=optimizer, key=key)
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_memory_holds_no_kernel_sized_array(name):
+@pytest.mark.parametrize(
+    ("name", "dtype", "key"),
+    [("sgd", jnp.float32, None), ("momentum", jnp.float32, None), ("adam", jnp.float32, None),
+     ("adam", jnp.float16, jax.random.key(0)), ("adam", jnp.bfloat16, jax.random.key(0))],
+    ids=["sgd", "momentum", "adam", "adam-float16-stochastic", "adam-bfloat16-stochastic"],
+)  # fmt: skip
+def test_memory_holds_no_kernel_sized_array(name, dtype, key):
     """Compiled with params and opt_state donated (C = 2**16, chunks of 512 classes): the fused step's
-    temporaries stay below a tenth of the kernel whatever the optimizer's state, and its outputs alias its
-    inputs (updated in place); the fused loss followed by the optimizer holds the kernel's gradient. From the
-    executables' memory_analysis(). (jaxlib 0.7.0's XLA copies every updated array once per step, loop writes
-    notwithstanding: make test-oldest-jax leaves this test out.)"""
+    temporaries stay below a tenth of a float32 kernel whatever the optimizer's state (16-bit ones rounded
+    stochastically included: their float32 values and random numbers exist a chunk at a time), and its outputs
+    alias its inputs (updated in place); the fused loss followed by the optimizer holds the kernel's gradient.
+    From the executables' memory_analysis(). The one exception is XLA:CPU's bfloat16, which the loop writes as
+    uint16 bits: each bfloat16 array is copied once (without that, the loop converted each whole array to float32
+    at every chunk). (jaxlib 0.7.0's XLA copies every updated array once per step, loop writes notwithstanding:
+    make test-oldest-jax leaves this test out.)"""
     rows, dim, classes = 64, 32, 2**16
     optimizer = OPTIMIZERS[name]
     features = jax.ShapeDtypeStruct((rows, dim), jnp.float32)
     params = {
-        "kernel": jax.ShapeDtypeStruct((dim, classes), jnp.float32),
-        "bias": jax.ShapeDtypeStruct((classes,), jnp.float32),
+        "kernel": jax.ShapeDtypeStruct((dim, classes), dtype),
+        "bias": jax.ShapeDtypeStruct((classes,), dtype),
     }
     state = jax.eval_shape(optimizer.init, params)
     positives = jax.ShapeDtypeStruct((rows, 8), jnp.int32)
 
     def fused(features, params, state, positives):
         return jaxbce.linear_binary_cross_entropy_update(
-            features, params, state, positives=positives, optimizer=optimizer, chunk_size=512
+            features, params, state, positives=positives, optimizer=optimizer, chunk_size=512, key=key
         )
 
     def separate(features, params, state, positives):
         return _materialised_step(optimizer, features, params, state, None, positives=positives, chunk_size=512)
 
-    kernel_bytes = dim * classes * 4
+    kernel_bytes = dim * classes * jnp.dtype(dtype).itemsize
     analyses = {
         form: jax.jit(step, donate_argnums=(1, 2)).lower(features, params, state, positives).compile().memory_analysis()
         for form, step in (("fused", fused), ("separate", separate))
     }
     fused_memory, separate_memory = analyses["fused"], analyses["separate"]
-    assert fused_memory.temp_size_in_bytes < 0.1 * kernel_bytes
+    copied = 3 * (kernel_bytes + classes * 2) if dtype == jnp.bfloat16 else 0  # kernel and bias, two moments
+    assert fused_memory.temp_size_in_bytes < 0.1 * dim * classes * 4 + copied
+    if dtype == jnp.bfloat16:  # and no whole array converted back to bfloat16 (at each chunk, without the bits)
+        text = jax.jit(fused, donate_argnums=(1, 2)).lower(features, params, state, positives).compile().as_text()
+        shapes = re.findall(r"= bf16\[([\d,]+)\]\S* convert\(", text)
+        assert all(math.prod(map(int, shape.split(","))) < dim * classes for shape in shapes)
     assert fused_memory.output_size_in_bytes - fused_memory.alias_size_in_bytes < 0.01 * kernel_bytes
     assert separate_memory.temp_size_in_bytes > kernel_bytes
 
@@ -250,6 +352,34 @@ def test_sharded_over_classes_equals_one_device(axis_type):
     if axis_type == AxisType.Explicit:
         assert got[2]["kernel"].sharding.spec == P(None, "model")
         assert got[3][0].mu["kernel"].sharding.spec == P(None, "model")
+
+
+def test_stochastic_rounding_sharded_over_classes():
+    """bfloat16 head and Adam state sharded over the classes on Explicit axes, with ``key``: every result keeps its
+    argument's sharding and dtype, and each parameter and moment is a bfloat16 neighbour of one device's float32
+    step (the random numbers depend on the chunk layout, which differs between 8 devices and 1)."""
+    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
+    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(AxisType.Explicit,) * 2)
+    optimizer = optax.adam(1e-3)
+    features, params, labels = _problem(seed=9)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    expected, state = _float32_step_of_bfloat16_head(optimizer, features, params, labels)
+
+    def spec(leaf):
+        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
+
+    put = lambda tree, spec: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)  # noqa: E731
+    args = (put(features, lambda a: P("data")), put(params, spec), put(state, spec), put(labels, lambda a: P("data")))
+    step = jax.jit(functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=4))
+    with set_mesh(mesh):
+        got = step(*args, key=jax.random.key(3))[2:]
+    for g, e, a in zip(jax.tree.leaves(got), jax.tree.leaves(expected), jax.tree.leaves(args[1:3]), strict=True):
+        assert g.dtype == a.dtype
+        assert g.sharding.spec == a.sharding.spec
+        if g.ndim:
+            e = np.asarray(e)
+            neighbours = _bfloat16_neighbours(e, 2e-6 * np.abs(e) + 1e-30)
+            assert (np.float32(g)[None] == neighbours).any(axis=0).all()
 
 
 def test_inside_shard_map_with_local_classes():

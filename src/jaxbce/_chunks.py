@@ -292,6 +292,19 @@ def _write(head: Head, values: Head, chunked: list[bool], j: jax.Array, layout: 
     return Head(put(head.kernel, values.kernel, j, layout), bias, rest)
 
 
+def _as_bits(tree):
+    """``tree`` with its bfloat16 arrays as ``uint16`` arrays of their bits."""
+
+    def as_bits(array):
+        return jax.lax.bitcast_convert_type(array, jnp.uint16) if array.dtype == jnp.bfloat16 else array
+
+    return jax.tree.map(as_bits, tree)
+
+
+def _from_bits(array: jax.Array, dtype) -> jax.Array:
+    return array if array.dtype == dtype else jax.lax.bitcast_convert_type(array, dtype)
+
+
 def row_losses_and_updates(
     config: Config,
     parameters: Parameters,
@@ -302,7 +315,7 @@ def row_losses_and_updates(
     update: Callable,
 ) -> tuple[jax.Array, jax.Array, Head]:
     """Per-row losses, the features gradient of ``sum(row_scale * row_losses)``, and ``head`` with each chunk
-    ``j`` replaced by ``update(kernel_gradient, bias_gradient, old)``: ``old`` is chunk ``j`` of ``head``
+    ``j`` replaced by ``update(j, kernel_gradient, bias_gradient, old)``: ``old`` is chunk ``j`` of ``head``
     (``(D, chunk)``, ``(chunk,)`` and the chunked state's chunks; the other leaves whole) and the gradients are
     chunk ``j``'s. ``parameters.kernel`` and ``.bias`` are not read: the kernel and bias are ``head``'s.
 
@@ -313,25 +326,42 @@ def row_losses_and_updates(
     state array, a kernel-sized copy per step. So chunk ``j``'s new values are carried to the next step and
     written there first, and chunk ``j + 1`` is read from the buffers written: every read comes after the write,
     from data dependencies alone.
+
+    Why bfloat16 arrays are carried as the integers of their bits on the CPU. XLA:CPU has no bfloat16
+    dynamic-update-slice: it converts the whole array to float32, writes the chunk and converts it back, a pass
+    over the kernel at every chunk (quadratic in C). A ``uint16`` array is written in place. What that costs is
+    the views: XLA copies the bits of most bfloat16 arrays before the loop and back after it (it reuses the
+    buffers of some, 0.3 of them at 2^20 classes). float16 arrays, and bfloat16 ones on GPUs and TPUs, are
+    written in place as they are (``platform_dependent``; scripts/check_gpu_hlo.py compiles it for a GPU).
     """
     features, layout = parameters.features, config.layout
+    dtypes = jax.tree.map(lambda array: array.dtype, head)
 
-    def step(j, carry):
-        rows, d_features, head, pending = carry
-        # Chunk j - 1's new values (at j = 0, chunk 0 as it was).
-        head = _write(head, pending, chunked, jnp.maximum(j - 1, 0), layout)
-        old = _read(head, chunked, j, layout)
-        current = parameters._replace(kernel=head.kernel, bias=head.bias)
-        d_logits, _, _, chunk_rows = _chunk_gradients(config, current, targets, row_scale, j)
-        d_features = d_features + _dot(config, d_logits, old.kernel, contract=(1, 1))
-        new = update(_dot(config, features, d_logits, (0, 0)), d_logits.sum(axis=0), old)
-        return rows + chunk_rows, d_features, head, new
+    def loop(as_bits: bool) -> tuple[jax.Array, jax.Array, Head]:
+        stored_form = _as_bits if as_bits else lambda tree: tree
+        as_floats = lambda stored: jax.tree.map(_from_bits, stored, dtypes)  # noqa: E731
 
-    initial = (
-        zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
-        zeros(features.shape, config.dtype, parameters, targets, row_scale),
-        head,
-        _read(head, chunked, jnp.zeros((), jnp.int32), layout),
-    )
-    rows, d_features, head, pending = jax.lax.fori_loop(0, config.layout.chunks, step, initial)
-    return rows, d_features, _write(head, pending, chunked, layout.chunks - 1, layout)
+        def step(j, carry):
+            rows, d_features, stored, pending = carry
+            # Chunk j - 1's new values (at j = 0, chunk 0 as it was).
+            stored = _write(stored, stored_form(pending), chunked, jnp.maximum(j - 1, 0), layout)
+            head = as_floats(stored)
+            old = _read(head, chunked, j, layout)
+            current = parameters._replace(kernel=head.kernel, bias=head.bias)
+            d_logits, _, _, chunk_rows = _chunk_gradients(config, current, targets, row_scale, j)
+            d_features = d_features + _dot(config, d_logits, old.kernel, contract=(1, 1))
+            new = update(j, _dot(config, features, d_logits, (0, 0)), d_logits.sum(axis=0), old)
+            return rows + chunk_rows, d_features, stored, new
+
+        initial = (
+            zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
+            zeros(features.shape, config.dtype, parameters, targets, row_scale),
+            stored_form(head),
+            _read(head, chunked, jnp.zeros((), jnp.int32), layout),
+        )
+        rows, d_features, stored, pending = jax.lax.fori_loop(0, layout.chunks, step, initial)
+        return rows, d_features, as_floats(_write(stored, stored_form(pending), chunked, layout.chunks - 1, layout))
+
+    if jnp.dtype(jnp.bfloat16) not in jax.tree.leaves(dtypes):
+        return loop(as_bits=False)
+    return jax.lax.platform_dependent(cpu=lambda: loop(as_bits=True), default=lambda: loop(as_bits=False))

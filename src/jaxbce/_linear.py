@@ -44,7 +44,7 @@ from jaxbce._arguments import (
     optional_array,
 )
 from jaxbce._jit import jit_loss
-from jaxbce._numerics import weighted
+from jaxbce._numerics import round_stochastically, weighted
 from jaxbce._reductions import denominator
 from jaxbce._sharding import explicit_spec, with_auto_axes
 from jaxbce._value_checks import check_values, register_value_checks, value_checks_enabled
@@ -486,30 +486,73 @@ def _chunked_leaves(opt_state, kernel: jax.Array, bias: jax.Array | None) -> lis
     return chunked
 
 
-def _chunk_update(optimizer, opt_state, chunked: list[bool]):
-    """The update loop's ``update``: ``optimizer.update`` of one chunk's gradients, state and parameters, and
+def _chunk_update(optimizer, opt_state, chunked: list[bool], key: jax.Array | None):
+    """The update loop's ``update``: ``optimizer.update`` of chunk ``j``'s gradients, state and parameters, and
     ``optax.apply_updates``; the scalar state (the step count, schedules) is read from ``opt_state`` as given at
-    every chunk, so that it advances once per call."""
+    every chunk, so that it advances once per call.
+
+    Without ``key`` the update is Optax's: the gradients in the parameters' dtypes, each result in its own. With
+    ``key`` every 16-bit floating parameter and state array is widened to float32, updated with the float32
+    gradient, and rounded back stochastically with random numbers from ``fold_in(key, j)``."""
     state_tree = jax.tree.structure(opt_state)
     scalars = jax.tree.leaves(opt_state)
 
-    def update(kernel_gradient, bias_gradient, old: _chunks.Head) -> _chunks.Head:
+    def update(j, kernel_gradient, bias_gradient, old: _chunks.Head) -> _chunks.Head:
         chunk = {"kernel": old.kernel}
-        gradients = {"kernel": kernel_gradient.astype(old.kernel.dtype)}
+        gradients = {"kernel": kernel_gradient}
         if old.bias is not None:
-            chunk["bias"], gradients["bias"] = old.bias, bias_gradient.astype(old.bias.dtype)
+            chunk["bias"], gradients["bias"] = old.bias, bias_gradient
         state = [
             leaf if by_chunks else initial for leaf, initial, by_chunks in zip(old.rest, scalars, chunked, strict=True)
         ]
+        stored = jax.tree.leaves((chunk, state))
+        if key is None:
+            gradients = {name: gradient.astype(chunk[name].dtype) for name, gradient in gradients.items()}
+        else:
+            chunk, state = jax.tree.map(_widened, (chunk, state))
         updates, state = optimizer.update(gradients, jax.tree.unflatten(state_tree, state), chunk)
-        # optax.apply_updates: p + u in p's dtype.
-        new = {name: (chunk[name] + updates[name]).astype(chunk[name].dtype) for name in chunk}
+        new = {name: chunk[name] + updates[name] for name in chunk}  # optax.apply_updates
+        keys = [None] * len(stored) if key is None else jax.random.split(jax.random.fold_in(key, j), len(stored))
+        written = [
+            _narrowed(value, like.dtype, leaf_key)
+            for value, like, leaf_key in zip(jax.tree.leaves((new, state)), stored, keys, strict=True)
+        ]
+        new, state = jax.tree.unflatten(jax.tree.structure((new, state)), written)
         return _chunks.Head(new["kernel"], new.get("bias"), jax.tree.leaves(state))
 
     return update
 
 
-def _update_by_chunks(options: _Options, optimizer, chunked: list[bool], params: dict, opt_state, *arrays):
+def _is_16_bit_float(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
+
+
+def _widened(array: jax.Array) -> jax.Array:
+    return array.astype(jnp.float32) if _is_16_bit_float(array.dtype) else array
+
+
+def _narrowed(value: jax.Array, dtype, key: jax.Array | None) -> jax.Array:
+    """``value`` in ``dtype``: rounded stochastically where ``key`` is given and ``dtype`` is a 16-bit float."""
+    if key is None or not _is_16_bit_float(dtype):
+        return value.astype(dtype)
+    return round_stochastically(value, dtype, key)
+
+
+def _one_key(name: str, key: jax.Array) -> jax.Array:
+    """``key`` as a typed key array of shape ``()``: one ``jax.random.key(seed)``, or a raw
+    ``jax.random.PRNGKey(seed)`` of the default implementation."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+        return key
+    if key.dtype == jnp.uint32 and key.shape == jax.random.key_data(jax.random.key(0)).shape:
+        return jax.random.wrap_key_data(key)
+    raise TypeError(
+        f"{name}: key must be one PRNG key, jax.random.key(seed) (or a raw jax.random.PRNGKey(seed)), got "
+        f"{key.dtype} of shape {key.shape}"
+    )
+
+
+def _update_by_chunks(options: _Options, optimizer, chunked: list[bool], params: dict, opt_state, key, *arrays):
     features, bias = arrays[0], arrays[4]
     config, parameters, targets, example_weight, divisor = _by_chunks(options, *arrays)
     layout = config.layout
@@ -522,7 +565,7 @@ def _update_by_chunks(options: _Options, optimizer, chunked: list[bool], params:
         ],
     )
     row_scale = example_weight / divisor
-    update = _chunk_update(optimizer, opt_state, chunked)
+    update = _chunk_update(optimizer, opt_state, chunked, key)
     rows, features_grad, head = _chunks.row_losses_and_updates(
         config, parameters, targets, row_scale, head, chunked, update
     )
@@ -558,6 +601,7 @@ def linear_binary_cross_entropy_update(
     reduction: str = "mean",
     chunk_size: int | None = None,
     precision: jax.lax.PrecisionLike = None,
+    key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], Any]:
     """One optimizer step of the classifier ``features @ kernel + bias`` fused into the loss's chunk loop: no
     gradient of the kernel's size ever exists.
@@ -582,7 +626,20 @@ def linear_binary_cross_entropy_update(
     updates its own columns and every result keeps its argument's sharding. Inside ``shard_map`` with the
     classes split, each shard's loss and ``features_grad`` are those of its classes: use ``reduction="sum"``
     (a mean would divide by the local classes) and ``psum`` the two over the class axis (tests/test_update.py).
-    16-bit parameters are updated in their own dtype, as ``optax.apply_updates`` does (no stochastic rounding).
+
+    A 16-bit classifier. Without ``key``, bfloat16 or float16 parameters are updated in their own dtype, as
+    ``optax.apply_updates`` does; then an update below half a weight's spacing (2^-9 of it in bfloat16) is lost,
+    and a 16-bit Adam second moment never moves. With ``key`` (ELMO's recipe, ICML 2025), every 16-bit parameter
+    and optimizer-state array is widened to float32 for the update, which is applied to the float32 gradient,
+    and rounded back *stochastically*: to the neighbour below or above with probabilities that make the expected
+    result the float32 one. The kernel and Adam's moments can then all be 16-bit, 6 bytes per weight where
+    float32 takes 12 (bfloat16 for Adam: float16's range cannot hold the small second moments of rare classes,
+    and such a head diverged in examples/extreme_multilabel.py). Pass a new key at every step
+    (``jax.random.fold_in(key, step)``); inside ``shard_map`` also fold in ``jax.lax.axis_index`` of the class
+    axis, or every shard rounds with the same numbers. float32 parameters are not rounded: there ``key`` changes
+    nothing. On the CPU, two costs: the random numbers take about as long as a matmul per rounded array
+    (``jax.random.key(seed, impl="rbg")`` halves that), and XLA:CPU cannot write bfloat16 in place in a loop, so
+    most bfloat16 arrays are copied once per step (float16 ones are not; tests/test_update.py measures both).
 
     Args:
       features: ``(..., D)`` float16, bfloat16, float32 or float64: the last hidden layer.
@@ -604,17 +661,21 @@ def linear_binary_cross_entropy_update(
       chunk_size: static number of classes per chunk, or None to choose it from the shapes.
       precision: static ``jax.lax.Precision`` of the matmuls.
       reduction: ``"sum"``, ``"mean"`` (default) or ``"batchmean"``: the step needs a scalar loss.
+      key: optional PRNG key (``jax.random.key``, or a raw ``jax.random.PRNGKey``): round 16-bit parameters and
+        state stochastically, as above. None (default): Optax's update in the parameters' dtypes.
 
     Returns:
       ``(loss, features_grad, params, opt_state)``: the loss and its gradient in ``features`` equal the value
       and ``features`` gradient of :func:`linear_binary_cross_entropy` with the same arguments, and ``params``
       and ``opt_state`` those of ``optax.apply_updates(params, updates)`` and ``optimizer.update(grads,
       opt_state, params)`` for its gradient ``grads`` (to float32 rounding; tests/test_update.py). Scalar state
-      (Adam's count, a schedule's step) advances once per call. The parameters keep their dtypes.
+      (Adam's count, a schedule's step) advances once per call. The parameters and state keep their dtypes;
+      with ``key`` their 16-bit arrays are the float32 step's rounded stochastically.
 
     Raises:
       TypeError: an optimizer whose update is not elementwise; an ``opt_state`` leaf that is neither a scalar
-        nor shaped like a parameter; the argument errors of :func:`linear_binary_cross_entropy`.
+        nor shaped like a parameter; a ``key`` that is not one PRNG key; the argument errors of
+        :func:`linear_binary_cross_entropy`.
       ValueError: ``params`` without ``"kernel"`` or with other keys; ``reduction="none"``; the argument errors
         of :func:`linear_binary_cross_entropy`.
 
@@ -649,6 +710,7 @@ def linear_binary_cross_entropy_update(
         features, kernel, labels, positives, bias, weight, pos_weight, label_smoothing, where, ignore_label,
         reduction, chunk_size, precision, REDUCTIONS,
     )  # fmt: skip
+    key = None if key is None else _one_key(name, key)
     params = {name: arrays[1] if name == "kernel" else arrays[4] for name in params}
     _check_elementwise(optimizer, params, opt_state)
     chunked = _chunked_leaves(opt_state, arrays[1], arrays[4])
@@ -656,4 +718,4 @@ def linear_binary_cross_entropy_update(
     spec_of = lambda array: jax.sharding.PartitionSpec(*(explicit_spec(array) or ()))  # noqa: E731
     out_specs = (jax.sharding.PartitionSpec(), spec_of(arrays[0]), *jax.tree.map(spec_of, (params, opt_state)))
     update = functools.partial(_update_by_chunks, options, optimizer, chunked)
-    return with_auto_axes(update, params, opt_state, *arrays, out_specs=out_specs)
+    return with_auto_axes(update, params, opt_state, key, *arrays, out_specs=out_specs)

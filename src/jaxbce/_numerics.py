@@ -360,3 +360,24 @@ def smoothed_labels(y: jax.Array, label_smoothing: float, one: float | jax.Array
         return y, one - y
     keep, half = 1 - label_smoothing, 0.5 * label_smoothing
     return y * keep + half, (one - y) * keep + half
+
+
+def round_stochastically(value: jax.Array, dtype, key: jax.Array) -> jax.Array:
+    """``value`` rounded to the narrower float ``dtype``: to one of its two neighbours there, the farther one with
+    probability (distance to the nearer) / (their spacing), so that the expected result is ``value`` itself.
+
+    Why. bfloat16 has 8 significant bits: an update smaller than half a weight's spacing (2^-9 of the weight)
+    rounds back to the old weight, so a 16-bit classifier stops learning once its steps are small, and an Adam
+    second moment, ``0.999 nu + 0.001 g^2``, never moves at all. Rounded stochastically each update is kept in
+    expectation (Gupta et al., ICML 2015; ELMO, ICML 2025, trains its bfloat16 classifier this way).
+
+    ``value - nearest`` and the spacing are exact in ``value``'s dtype (both are multiples of the spacing of the
+    narrower one, and below 2^-8 of ``value``), so the probability is rounded only once, by the division; it is
+    compared with a uniform number of 2^-23 resolution. A NaN stays NaN, and a value past ``dtype``'s largest
+    finite number rounds to nearest (inf, or the largest), as ``astype`` does.
+    """
+    nearest = value.astype(dtype)
+    back = nearest.astype(value.dtype)
+    other = jnp.nextafter(nearest, jnp.where(value > back, jnp.inf, -jnp.inf).astype(dtype))
+    farther = (value - back) / (other.astype(value.dtype) - back)  # in [0, 1/2]; NaN for inf and NaN
+    return jnp.where(jax.random.uniform(key, value.shape, value.dtype) < farther, other, nearest)
