@@ -88,36 +88,29 @@ def materialised_loss(params, inputs, labels):
     return jnp.sum(jaxbce.binary_cross_entropy_with_logits(logits, labels, reduction="sum")) / logits.shape[0]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block"))
-def _top_k(params, inputs, k: int, block: int):
-    """The k highest-scoring classes of each row, scored ``block`` classes at a time (a scan over blocks of the
-    kernel, each widened to float32 alone), so that neither the logits nor a float32 copy of a 16-bit kernel
-    ever exists whole."""
-    hidden = features(params, inputs)
-
-    def best_so_far(best, start):
-        kernel = jax.lax.dynamic_slice_in_dim(params["kernel"], start, block, axis=1).astype(jnp.float32)
-        logits = hidden @ kernel + jax.lax.dynamic_slice_in_dim(params["bias"], start, block).astype(jnp.float32)
-        values, classes = jax.lax.top_k(logits, k)
-        values, classes = jnp.concatenate([best[0], values], 1), jnp.concatenate([best[1], classes + start], 1)
-        values, order = jax.lax.top_k(values, k)
-        return (values, jnp.take_along_axis(classes, order, axis=1)), None
-
-    rows = inputs.shape[0]
-    initial = (jnp.full((rows, k), -jnp.inf), jnp.zeros((rows, k), jnp.int32))
-    starts = jnp.arange(0, params["kernel"].shape[1], block)
-    return jax.lax.scan(best_so_far, initial, starts)[0][1]
+@functools.partial(jax.jit, static_argnames="k")
+def _top_k(hidden, kernel, bias, best_scores, best_classes, first_class, k: int):
+    """The k best of ``best_*`` and of the classes of ``kernel``'s columns, numbered from ``first_class``."""
+    scores, classes = jax.lax.top_k(hidden @ kernel.astype(jnp.float32) + bias.astype(jnp.float32), k)
+    scores = jnp.concatenate([best_scores, scores], axis=1)
+    classes = jnp.concatenate([best_classes, classes + first_class], axis=1)
+    scores, order = jax.lax.top_k(scores, k)
+    return scores, jnp.take_along_axis(classes, order, axis=1)
 
 
 def precision_at_k(params, inputs, positives, ks=(1, 5)) -> list[float]:
     """Mean over examples of |top-k predicted classes ∩ positives| / k, for each k; scored 256 rows and 2^18
-    classes at a time (evaluation is the one place logits are formed, a block at a time)."""
-    classes = params["kernel"].shape[1]
-    block = 2**18 if classes % 2**18 == 0 else classes
+    classes at a time (evaluation is the one place logits are formed, a block at a time; neither they nor a
+    float32 copy of a 16-bit kernel ever exists whole)."""
+    classes, block, k = params["kernel"].shape[1], 2**18, max(ks)
     hits = []
     for start in range(0, inputs.shape[0], 256):
-        top = np.asarray(_top_k(params, inputs[start : start + 256], max(ks), block))
-        hits.append(top[:, :, None] == positives[start : start + 256, None, :])
+        hidden = features(params, inputs[start : start + 256])
+        best = jnp.full((hidden.shape[0], k), -jnp.inf), jnp.zeros((hidden.shape[0], k), jnp.int32)
+        for first in range(0, classes, block):
+            columns = slice(first, first + block)
+            best = _top_k(hidden, params["kernel"][:, columns], params["bias"][columns], *best, first, k)
+        hits.append(np.asarray(best[1])[:, :, None] == positives[start : start + 256, None, :])
     hits = np.concatenate(hits).any(-1)
     return [float(hits[:, :k].sum(-1).mean() / k) for k in ks]
 
