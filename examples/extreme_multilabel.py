@@ -63,11 +63,17 @@ def make_data(classes: int, examples: int, seed: int):
     return inputs, positives
 
 
-def init(classes: int, key, dtype=jnp.float32):
-    k1, k2 = jax.random.split(key)
+def init(classes: int, seed: int, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    # The kernel drawn 2^20 classes at a time into an array of its own dtype: drawing it whole would take float32
+    # temporaries several times its size (24 GiB at 2^24 classes).
+    kernel = np.empty((HIDDEN, classes), jnp.dtype(dtype))
+    for start in range(0, classes, 2**20):
+        block = kernel[:, start : start + 2**20]
+        block[...] = rng.standard_normal(block.shape, np.float32) * np.float32(0.01)
     return {
-        "hidden": jax.random.normal(k1, (INPUT_DIM, HIDDEN)) / np.sqrt(INPUT_DIM),
-        "kernel": (jax.random.normal(k2, (HIDDEN, classes)) * 0.01).astype(dtype),
+        "hidden": jnp.asarray(rng.standard_normal((INPUT_DIM, HIDDEN), np.float32) / np.float32(np.sqrt(INPUT_DIM))),
+        "kernel": jnp.asarray(kernel),
         # Initial bias -log(C): every class starts near its prior, as is usual for sigmoid heads over many labels.
         "bias": jnp.full((classes,), -np.log(classes), dtype),
     }
@@ -173,7 +179,7 @@ def main():
 
     inputs, positives = make_data(args.classes, args.train + args.test, seed=0)
     train, test = (inputs[: args.train], positives[: args.train]), (inputs[args.train :], positives[args.train :])
-    params = init(args.classes, jax.random.key(0), jnp.dtype(args.dtype))
+    params = init(args.classes, 0, jnp.dtype(args.dtype))
     optimizers = optax.adam(3e-3), optax.adam(3e-3) if args.head_sgd is None else optax.sgd(args.head_sgd)
     optimizer = optax.multi_transform(
         dict(zip(("body", "head"), optimizers, strict=True)), {"hidden": "body", "kernel": "head", "bias": "head"}
