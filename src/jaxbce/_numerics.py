@@ -371,8 +371,8 @@ def round_stochastically(value: jax.Array, dtype, key: jax.Array) -> jax.Array:
     second moment, ``0.999 nu + 0.001 g^2``, never moves at all. Rounded stochastically each update is kept in
     expectation (Gupta et al., ICML 2015; ELMO, ICML 2025, trains its bfloat16 classifier this way).
 
-    ``value - nearest`` and the spacing are exact in ``value``'s dtype (both are multiples of the spacing of the
-    narrower one, and below 2^-8 of ``value``), so the probability is rounded only once, by the division; it is
+    ``value - nearest`` is exact in ``value``'s dtype (Sterbenz: the two are within a factor of two), and the
+    spacing of two neighbours is a power of two, so the probability is rounded only once, by the division; it is
     compared with a uniform number of 2^-23 resolution. A NaN stays NaN, and a value past ``dtype``'s largest
     finite number rounds to nearest (inf, or the largest), as ``astype`` does.
     """
