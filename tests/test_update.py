@@ -323,12 +323,30 @@ def test_memory_holds_no_kernel_sized_array(name, dtype, key):
     assert separate_memory.temp_size_in_bytes > kernel_bytes
 
 
+def _mesh(axis_type) -> jax.sharding.Mesh:
+    """4 x 2 devices, ("data", "model")."""
+    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
+    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
+
+
+def _class_spec(leaf) -> P:
+    """Kernels (and kernel-shaped state) and biases over the classes ("model"); scalars replicated."""
+    return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
+
+
+def _sharded_over_classes(mesh, features, params, state, labels) -> tuple:
+    """The step's arguments placed on ``mesh``: features and labels over the examples ("data"), the head and its
+    state over the classes."""
+    put = lambda tree, spec: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)  # noqa: E731
+    by_examples = lambda a: P("data")  # noqa: E731
+    return put(features, by_examples), put(params, _class_spec), put(state, _class_spec), put(labels, by_examples)
+
+
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
 def test_sharded_over_classes_equals_one_device(axis_type):
     """Kernel, bias and optimizer state sharded over the classes ("model"), features and labels over the examples:
     one device's step, and every result keeps its argument's sharding."""
-    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
-    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
+    mesh = _mesh(axis_type)
     optimizer = optax.adam(1e-2)
     features, params, labels = _problem(seed=4)
     state = optimizer.init(params)
@@ -336,11 +354,7 @@ def test_sharded_over_classes_equals_one_device(axis_type):
         features, params, state, labels, optimizer=optimizer, chunk_size=4
     )
 
-    def spec(leaf):
-        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
-
-    put = lambda tree, spec: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)  # noqa: E731
-    args = (put(features, lambda a: P("data")), put(params, spec), put(state, spec), put(labels, lambda a: P("data")))
+    args = _sharded_over_classes(mesh, features, params, state, labels)
     step = jax.jit(functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=4))
     with set_mesh(mesh):
         got = step(*args)
@@ -358,18 +372,13 @@ def test_stochastic_rounding_sharded_over_classes():
     """bfloat16 head and Adam state sharded over the classes on Explicit axes, with ``key``: every result keeps its
     argument's sharding and dtype, and each parameter and moment is a bfloat16 neighbour of one device's float32
     step (the random numbers depend on the chunk layout, which differs between 8 devices and 1)."""
-    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
-    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(AxisType.Explicit,) * 2)
+    mesh = _mesh(AxisType.Explicit)
     optimizer = optax.adam(1e-3)
     features, params, labels = _problem(seed=9)
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
     expected, state = _float32_step_of_bfloat16_head(optimizer, features, params, labels)
 
-    def spec(leaf):
-        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
-
-    put = lambda tree, spec: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)  # noqa: E731
-    args = (put(features, lambda a: P("data")), put(params, spec), put(state, spec), put(labels, lambda a: P("data")))
+    args = _sharded_over_classes(mesh, features, params, state, labels)
     step = jax.jit(functools.partial(jaxbce.linear_binary_cross_entropy_update, optimizer=optimizer, chunk_size=4))
     with set_mesh(mesh):
         got = step(*args, key=jax.random.key(3))[2:]
@@ -385,8 +394,7 @@ def test_stochastic_rounding_sharded_over_classes():
 def test_inside_shard_map_with_local_classes():
     """Inside shard_map with the classes split over "model" (reduction="sum"): each shard updates its own columns,
     and the psum of the shards' losses and features gradients is one device's."""
-    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
-    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(AxisType.Explicit,) * 2)
+    mesh = _mesh(AxisType.Explicit)
     optimizer = optax.adam(1e-2)
     features, params, labels = _problem(seed=5)
     state = optimizer.init(params)
@@ -397,10 +405,7 @@ def test_inside_shard_map_with_local_classes():
         loss, features_grad, params, state = step(features, params, state, labels)
         return jax.lax.psum(loss, "model"), jax.lax.psum(features_grad, "model"), params, state
 
-    def spec(leaf):
-        return P(None, "model") if leaf.ndim == 2 else P("model") if leaf.ndim == 1 else P()
-
-    in_specs = (P(), jax.tree.map(spec, params), jax.tree.map(spec, state), P(None, "model"))
+    in_specs = (P(), jax.tree.map(_class_spec, params), jax.tree.map(_class_spec, state), P(None, "model"))
     out_specs = (P(), P(), in_specs[1], in_specs[2])
     sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
     args = jax.tree.map(
