@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The fused losses' tests run twice: in the default 8-device session and in a one-device one, the layout that every
+# single-GPU user gets (tests/devices.py).
+FUSED_TESTS := tests/test_linear.py tests/test_update.py tests/test_label_sets.py tests/test_contrastive.py
 test: lint
 	$(BIN)/python -m pytest -n auto --durations=15
+	JAXBCE_TEST_DEVICES=1 $(BIN)/python -m pytest -n auto -p no:cacheprovider $(FUSED_TESTS)
 
 # The oldest jax/jaxlib that pyproject.toml declares (tests/test_packaging.py holds the two in step), in a venv of
 # its own with the test extras only: the core tests there (not the docs' scaling examples, written with jax.set_mesh,
@@ -37,7 +41,8 @@ test: lint
 OLDEST_JAX := 0.7.0
 OLDEST_TESTS := tests/test_losses.py tests/test_elementwise.py tests/test_pipeline.py tests/test_arguments.py \
 	tests/test_errors.py tests/test_checks.py tests/test_multilabel.py tests/test_linear.py tests/test_contrastive.py \
-	tests/test_transformations.py tests/test_sharding.py tests/test_export.py tests/test_update.py src
+	tests/test_transformations.py tests/test_sharding.py tests/test_export.py tests/test_update.py \
+	tests/test_label_sets.py src
 test-oldest-jax:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install --quiet --upgrade pip

@@ -1,11 +1,17 @@
-"""Test session setup: 8 CPU devices (pmap variants and sharded meshes run on any machine) and hypothesis
+"""Test session setup: 8 CPU devices, or one with JAXBCE_TEST_DEVICES=1 (tests/devices.py), and hypothesis
 profiles: "ci" (the default: 100 fixed examples per property), "thorough" (2,000 new ones per property on each
 run: ``make test-thorough``) and "dev" (30)."""
+
+import os
 
 import chex
 from hypothesis import HealthCheck, settings
 
-chex.set_n_cpu_devices(8)
+from devices import DEVICES
+
+chex.set_n_cpu_devices(DEVICES)
+# Keras 3 runs on JAX here: a test that imports keras first in a worker must not pick another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 # "ci" is derandomized: every run checks the same examples, so that a green run stays green. Its size is set by
@@ -28,7 +34,12 @@ _LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    if DEVICES < 8:  # a one-device session: the sharded tests are not run (deselected, not skipped)
+        deselected = [item for item in items if item.get_closest_marker("eight_devices")]
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("eight_devices")]
+
     def rank(item):
         return next((i for i, name in enumerate(_LONGEST_FIRST) if name in item.nodeid), len(_LONGEST_FIRST))
 

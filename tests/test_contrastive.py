@@ -13,6 +13,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
+import devices
 import jaxbce
 from jax_compat import enable_x64, set_mesh
 from materialised import dense_siglip
@@ -78,8 +79,8 @@ def test_bfloat16_embeddings_compute_in_float32():
     np.testing.assert_allclose(float(low), float(dense_siglip(*rounded, 10.0, -10.0)), rtol=8e-3)
 
 
-def _mesh():
-    return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+def _mesh(axis_type=jax.sharding.AxisType.Explicit):
+    return devices.mesh(axis_type, shape=(8,), names=("data",))
 
 
 def _ring_loss(mesh, chunk_size=None, check_vma=True):
@@ -92,6 +93,7 @@ def _ring_loss(mesh, chunk_size=None, check_vma=True):
     return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, P(), P(), rows), out_specs=P(), check_vma=check_vma)
 
 
+@devices.eight_devices
 @pytest.mark.parametrize(("chunk_size", "check_vma"), [(None, True), (3, True), (None, False)])
 def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
     """Both shard_map modes: without check_vma, shard_map divides the replicated loss's cotangent by the
@@ -110,6 +112,7 @@ def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
     assert got[1][0].sharding.spec == P("data", None)  # the image gradient stays where its rows are
 
 
+@devices.eight_devices
 @pytest.mark.parametrize(
     ("where_spec", "axis_type"),
     [(P("data"), AxisType.Explicit), (P(), AxisType.Explicit), (P(), AxisType.Auto)],
@@ -122,7 +125,7 @@ def test_one_device_form_on_sharded_rows(where_spec, axis_type):
     loss = lambda x, z, s, b, w: jaxbce.sigmoid_contrastive_loss(x, z, s, b, where=w, chunk_size=16)  # noqa: E731
     scalars = (np.float32(10.0), np.float32(-10.0))
     expected = jax.value_and_grad(loss, argnums=ARGNUMS)(images, texts, *scalars, where)
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    mesh = _mesh(axis_type)
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     arguments = (put(images, P("data")), put(texts, P("data")), *scalars, put(where, where_spec))
     step = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS))
@@ -134,6 +137,7 @@ def test_one_device_form_on_sharded_rows(where_spec, axis_type):
         assert "64,64" not in result, result
 
 
+@devices.eight_devices
 def test_ring_hlo_permutes_and_never_gathers():
     images, texts = _embeddings(64, seed=4)
     mesh = _mesh()
@@ -164,6 +168,7 @@ def test_temporaries_are_far_below_the_dense_logits():
     assert dense.memory_analysis().temp_size_in_bytes >= logits_bytes
 
 
+@devices.eight_devices
 def test_two_processes_equal_one_device():
     """Two processes on 127.0.0.1 (gloo collectives, 2 CPU devices each): the ring over the 4 devices gives the
     whole batch's loss and gradients (checked by the script against the dense form in float64)."""

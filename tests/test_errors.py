@@ -6,16 +6,34 @@ import re
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
-from jax.experimental import checkify
+from jax.experimental import checkify, sparse
 from jax.sharding import PartitionSpec as P
 
+import devices
 import jaxbce
+from jax_compat import set_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAN = float("nan")
 bce = jaxbce.binary_cross_entropy_with_logits
+fused = jaxbce.linear_binary_cross_entropy
 X, Y = jnp.zeros((2, 3)), jnp.ones((2, 3))
+
+
+def _sharded_chunk(chunk_size):
+    """The fused loss with its kernel sharded over 2 devices along its classes (Explicit axes)."""
+    mesh = devices.mesh(jax.sharding.AxisType.Explicit)
+    kernel = jax.device_put(jnp.ones((3, 64)), jax.sharding.NamedSharding(mesh, P(None, "model")))
+    with set_mesh(mesh):
+        return jaxbce.linear_binary_cross_entropy(X, kernel, jnp.zeros((2, 64)), chunk_size=chunk_size)
+
+
+def _update_with_another_optimizers_state():
+    params = {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)}
+    state = optax.sgd(0.1).init(params)
+    return jaxbce.linear_binary_cross_entropy_update(X, params, state, jnp.zeros((2, 4)), optimizer=optax.adam(1e-3))
 
 
 def _inside_shard_map(axis_name):
@@ -49,7 +67,13 @@ CALLS = [
     (ValueError, lambda: jaxbce.sigmoid_focal_loss(X, Y, gamma=-1.0)),
     (ValueError, lambda: jaxbce.sigmoid_focal_loss(X, Y, alpha=-1)),
     (ValueError, lambda: bce(X, Y, ignore_label=1)),
+    (ValueError, lambda: bce(X, jnp.array([[0, 1, 255]] * 2, jnp.uint8), ignore_label=-1)),
+    (TypeError, lambda: jax.jit(bce)(X, Y, reduction="sum")),
     (ValueError, lambda: jaxbce.linear_binary_cross_entropy(X, jnp.ones((3, 4)), jnp.ones((2, 4)), weight=jnp.ones(2))),
+    (ValueError, lambda: fused(X, jnp.ones((3, 4)), jnp.ones((2, 4)), kernel_layout="io")),
+    (ValueError, lambda: fused(X, jnp.ones((3, 4)), sparse.BCOO.fromdense(jnp.ones((2, 5))))),
+    (ValueError, lambda: _sharded_chunk(3)),
+    (TypeError, _update_with_another_optimizers_state),
     (ValueError, lambda: _inside_shard_map(None)),
     (ValueError, lambda: _inside_shard_map("model")),
     (TypeError, lambda: jax.jit(jaxbce.checked(bce))(X, Y)),
@@ -58,12 +82,18 @@ CALLS = [
     (checkify.JaxRuntimeError, lambda: jaxbce.checked(bce)(X.at[0, 0].set(NAN), Y)),
     (checkify.JaxRuntimeError, lambda: jaxbce.checked(jaxbce.linear_binary_cross_entropy)(
         X, jnp.ones((3, 4)), positives=jnp.array([[0, 4]] * 2))),
+    (checkify.JaxRuntimeError, lambda: jaxbce.checked(jaxbce.pos_weight_from_counts)(jnp.array([5, 20]), 10)),
 ]  # fmt: skip
 
 
 def _first_line(error: Exception) -> str:
-    """The message as a user reads it: its first line, without checkify's " (`check` failed)" suffix."""
-    return str(error).split("\n")[0].removesuffix(" (`check` failed)")
+    """The message as a user reads it: its first line, without checkify's " (`check` failed)" suffix; for an error
+    that JAX raises before jaxbce runs (a jaxbce function wrapped in jax.jit), the line of it that holds no
+    address, which is what a user searches for."""
+    lines = str(error).split("\n")
+    if lines[0].startswith("Error interpreting argument to <function"):
+        return lines[1]
+    return lines[0].removesuffix(" (`check` failed)")
 
 
 def _documented_rows() -> list[tuple[str, str]]:

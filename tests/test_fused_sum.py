@@ -6,6 +6,7 @@ References: 50-digit mpmath (tests/reference.py) for the terms, float64 NumPy (e
 must not change."""
 
 import functools
+import math
 import pathlib
 import re
 import sys
@@ -248,19 +249,20 @@ def _kept(y, options):
 
 
 def _reference_value(terms, y, options):
-    """The reduction of the exact terms, in float64 (masked terms are already 0)."""
+    """The reduction of the exact terms, in float64 (masked terms are already 0): the loss's outputs, one per row
+    for ``axis=-1``."""
     axis = options.get("axis")
     total = terms.sum(axis=axis)
     keep = _kept(y, options)
     reduction = options["reduction"]
     if reduction == "sum":
-        return total.sum()
+        return total
     if reduction == "batchmean":
         return total / max(keep.any(axis=1).sum(), 1)
     if reduction == "weighted_mean" and "weight" in options:
         weight = np.broadcast_to(np.asarray(options["weight"], np.float64), terms.shape) * keep
-        return (total / weight.sum(axis=axis)).sum()
-    return (total / keep.sum(axis=axis)).sum()
+        return total / weight.sum(axis=axis)
+    return total / keep.sum(axis=axis)
 
 
 def _reference_reduction(terms, y, options):
@@ -309,7 +311,8 @@ AGREEMENT_CASES = [
 def test_fused_and_exact_paths_agree(name, case, reduction):
     """Fused against exact (the elementwise losses, reduced in float64 for the value and in float32 for the
     gradient) for every option and reduction of the BCE with logits, and the BCE from probabilities (int labels)
-    and the entropy, over all axes and over the last: values within 2 eps relative, gradients within 2 eps; for
+    and the entropy, over all axes and over the last: values within 2 eps relative (each row of the last axis, a
+    float32 sum of C terms, within sqrt(C) / 2 eps), gradients within 2 eps; for
     the plain mean also the jvp and the Hessian-vector product (within 4 eps)."""
     loss, inputs = FUSED_LOSSES[name]
     x, y = inputs(2, (8, C))
@@ -325,10 +328,14 @@ def test_fused_and_exact_paths_agree(name, case, reduction):
         def exact(x, options=options):
             return _reference_reduction(loss(x, y, **{**kwargs, "reduction": "none"}), y, options)
 
-        value, grad = jax.value_and_grad(fused)(x)
+        grad = jax.grad(fused)(x)
         terms = np.asarray(loss(x, y, **{**kwargs, "reduction": "none"}), np.float64)
-        expected = float(_reference_value(terms, np.asarray(y), options))
-        assert abs(float(value) - expected) <= 2 * EPS32 * abs(expected), (axis, value, expected)
+        expected = _reference_value(terms, np.asarray(y), options)
+        outputs = np.asarray(loss(x, y, **options), np.float64)
+        # The total within 2 eps; a row of axis=-1 is a float32 sum of C terms, which XLA:CPU accumulates lane by
+        # lane: within the typical rounding of such a sum, sqrt(C) / 2 eps.
+        bound = 2 if axis is None else math.sqrt(C) / 2
+        assert np.all(np.abs(outputs - expected) <= bound * EPS32 * np.abs(expected)), (axis, outputs, expected)
         np.testing.assert_allclose(grad, jax.grad(exact)(x), rtol=2 * EPS32, atol=1e-30)
     if case == "plain" and reduction == "mean":
         v = jnp.asarray(np.random.default_rng(10).normal(size=x.shape).astype(np.float32)) * 1e-3

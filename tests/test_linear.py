@@ -21,6 +21,7 @@ from jax.experimental import checkify
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import devices
 import jaxbce
 from jax_compat import enable_x64, set_mesh
 from materialised import linear_bce
@@ -472,13 +473,7 @@ class NeverMaterialisedTest(chex.TestCase):
         self.assertEqual(dots(bias_only), 1)
 
 
-def _mesh(axis_type=AxisType.Auto):
-    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
-    if len(devices) < 8:
-        pytest.fail("the sharding tests need 8 devices (tests/conftest.py sets 8 CPU devices)")
-    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
-
-
+@devices.eight_devices
 class ShardedTest(parameterized.TestCase):
     """Kernel sharded over classes on "model", examples over "data": the same numbers, no all-gather."""
 
@@ -507,7 +502,7 @@ class ShardedTest(parameterized.TestCase):
         """Explicit axes (jax.make_mesh's default) and Auto axes: one device's numbers, no all-gather, and the
         per-example losses sharded like the features."""
         target, labels_spec = target_and_spec
-        mesh = _mesh(axis_type)
+        mesh = devices.mesh(axis_type)
         p, sharded = self._sharded(mesh, labels_spec=labels_spec)
 
         def loss(f, k, b, pw, y, where, reduction="mean"):
@@ -532,7 +527,7 @@ class ShardedTest(parameterized.TestCase):
     def test_inside_shard_map_with_local_classes(self):
         """The docs/scaling.md recipe: each device holds its classes' kernel columns; positives are made local
         (other shards' classes become -1); per-shard sums are psum'd and divided once."""
-        mesh = _mesh()
+        mesh = devices.mesh(AxisType.Auto)
         p, sharded = self._sharded(mesh)
         classes = p["kernel"].shape[1]
 

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import zipfile
 
@@ -27,13 +28,28 @@ def test_the_declared_oldest_jax_is_the_tested_one():
     assert "make test-oldest-jax" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
+def test_wheel_and_sdist_carry_the_license_and_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
+    """make dist's two artifacts: each carries the Apache-2.0 text (LICENSE, the repository's) and names it in its
+    metadata as PEP 639 says (License-Expression, License-File); the wheel then installs and runs elsewhere."""
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", ROOT],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp_path / "dist", ROOT],
         check=True,
         capture_output=True,
     )
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.lstrip().startswith("Apache License\n                           Version 2.0, January 2004")
     (wheel,) = (tmp_path / "dist").glob("jaxbce-*.whl")
+    (sdist,) = (tmp_path / "dist").glob("jaxbce-*.tar.gz")
+    version = PYPROJECT["project"]["version"]
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"jaxbce-{version}.dist-info/METADATA").decode()
+        assert archive.read(f"jaxbce-{version}.dist-info/licenses/LICENSE").decode() == license_text
+    with tarfile.open(sdist) as archive:
+        sdist_metadata = archive.extractfile(f"jaxbce-{version}/PKG-INFO").read().decode()
+        assert archive.extractfile(f"jaxbce-{version}/LICENSE").read().decode() == license_text
+    for text in (metadata, sdist_metadata):
+        assert "License-Expression: Apache-2.0" in text.splitlines()
+        assert "License-File: LICENSE" in text.splitlines()
     names = zipfile.ZipFile(wheel).namelist()
     assert "jaxbce/py.typed" in names
     assert "jaxbce/keras.py" in names

@@ -9,7 +9,7 @@ first order, in its parameters.
 """
 
 from jaxbce._contrastive import sigmoid_contrastive_loss
-from jaxbce._linear import linear_binary_cross_entropy, linear_binary_cross_entropy_update
+from jaxbce._linear import linear_binary_cross_entropy
 from jaxbce._losses import (
     asymmetric_loss,
     binary_cross_entropy,
@@ -18,6 +18,7 @@ from jaxbce._losses import (
     binary_kl_divergence,
     sigmoid_focal_loss,
 )
+from jaxbce._update import linear_binary_cross_entropy_update
 from jaxbce._value_checks import checked, value_checks
 from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 

@@ -150,6 +150,26 @@ def check_ignore_label(ignore_label) -> float | None:
     return ignore_label
 
 
+def check_ignore_label_fits(function: str, ignore_label: float, labels: jax.Array) -> None:
+    """A ``ValueError`` naming both where the labels' dtype cannot hold ``ignore_label``: comparing would cast it
+    (-1 becomes 255 for uint8 labels, which would then mask real 255 labels), or it could never be equal."""
+    dtype = np.dtype(labels.dtype)
+    if dtype == np.bool_:
+        holds, what = False, "bool, which holds only 0 and 1"
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        holds = float(ignore_label).is_integer() and info.min <= ignore_label <= info.max
+        what = f"{dtype.name}, which holds the integers {info.min} to {info.max}"
+    else:
+        return
+    if not holds:
+        raise ValueError(
+            f"{function}: ignore_label={ignore_label!r} cannot be held by labels of dtype {what}: compared with them "
+            "it would be cast (or never match) and mask the wrong labels or none. Pass the labels as a signed "
+            "integer or floating array (labels.astype(jnp.int32)), or an ignore_label their dtype holds"
+        )
+
+
 def check_real(name: str, value) -> float:
     """A static finite Python number (poly_epsilon)."""
     if not is_python_number(value) or not math.isfinite(value):

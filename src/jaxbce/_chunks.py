@@ -6,19 +6,25 @@ chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fe
 (``_elementwise.bce_with_logits``, the same function and ``custom_jvp`` rule as
 :func:`jaxbce.binary_cross_entropy_with_logits`) and dropped, so no array of size rows x C is ever held.
 :func:`row_losses` is the value-only loop (one matmul per chunk); :func:`row_losses_and_gradients` forms the
-gradients of a row-weighted sum as it goes (three matmuls per chunk). ``_linear`` and ``_contrastive`` wrap them
-in their ``custom_vjp`` rules.
+gradients of a row-weighted sum as it goes (three matmuls per chunk); :func:`row_losses_and_updates` applies an
+optimizer's update to each chunk as it goes. ``_linear`` and ``_contrastive`` wrap them.
 
-Why strided chunks on several devices. Chunk ``j`` holds the classes ``j, j + n, j + 2n, ...`` (``n`` chunks):
-the kernel ``(D, C)`` is viewed as ``(D, chunk, n)`` (a free reshape) and the loop indexes its last axis. When
-the kernel is sharded over classes, every chunk then spans all class shards, and GSPMD partitions each step
-without moving the kernel; with contiguous blocks each step would slice a sharded axis and all-gather it. On one
-device nothing can be sharded, and chunk ``j`` is the block of classes ``j * chunk, ..., (j + 1) * chunk - 1``
-(the kernel viewed as ``(D, n, chunk)``): each step reads and writes its columns with unit stride, where the
-strided view touches one float per cache line (the fused loss's step took 1.5x as long on this CPU, the fused
-update's 1.6x; ``Layout.contiguous``).
+Why groups of classes. The kernel's class axis is viewed as ``groups x group_size`` (a free reshape; class
+``c`` is position ``c % group_size`` of group ``c // group_size``), and step ``j`` takes the same ``width``
+positions of every group, a chunk of ``groups * width`` classes. ``groups`` is the number of shards the class
+axis may be split into: each shard then holds whole groups, every step slices the group axis that no device
+splits, and GSPMD partitions each step without moving the kernel. On one device there is one group, and a step
+reads a contiguous block of columns.
+
+Why the last step overlaps instead of padding. ``group_size`` need not be a multiple of ``width`` (a prime C,
+Amazon-670K's 670,091). Padding every class-sized array to a multiple would copy the kernel, its bias, its
+optimizer state and its gradient. Instead the last step starts ``width`` positions before the group's end, so
+that it repeats some positions of the step before it: those are masked out of its losses and gradients
+(:meth:`Layout.fresh`), and :func:`put` leaves them as that step wrote them. Only a symbolic C (``jax.export``),
+whose size is unknown when the loop is traced, is padded.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,24 +44,82 @@ MIN_CHUNK = 256
 
 
 class Layout(NamedTuple):
-    classes: int  # C
-    chunk: int  # classes per chunk
-    chunks: int  # n; chunk * chunks >= C
-    contiguous: bool = False  # chunk j holds the classes j * chunk + i (one device), else j + n * i
+    """How the loops visit the classes (module notes): ``steps`` steps of ``width`` positions in each of
+    ``groups`` groups of ``group_size`` classes."""
+
+    classes: Any  # C: an int, or a symbolic dimension under jax.export
+    groups: int  # divides C
+    width: int  # positions of each group per step: a chunk is groups * width classes
+    steps: Any  # ceil(group_size / width)
 
     @property
-    def axis(self) -> int:
-        """The axis of the chunk index in an array laid out by ``by_chunk``."""
-        return -2 if self.contiguous else -1
-
-    @property
-    def padding(self) -> int:
-        return self.chunk * self.chunks - self.classes
+    def chunk(self) -> int:
+        return self.groups * self.width
 
     @property
     def padded(self) -> bool:
-        """Whether the last chunk has padding classes (assumed where C is a symbolic dimension)."""
-        return not isinstance(self.padding, int) or self.padding > 0
+        """Whether the class-sized arrays are padded to ``steps * width`` (a symbolic C only)."""
+        return not isinstance(self.classes, int)
+
+    @property
+    def group_size(self):
+        return self.steps * self.width if self.padded else self.classes // self.groups
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether the last step repeats positions of the one before it."""
+        return not self.padded and self.group_size % self.width != 0
+
+    def start(self, j: jax.Array) -> jax.Array:
+        """The first position of step ``j`` in each group."""
+        first = j * self.width
+        return jnp.minimum(first, self.group_size - self.width) if self.overlaps else first
+
+    def fresh(self, j: jax.Array) -> jax.Array | None:
+        """``(width,)`` bool: the positions of step ``j`` that hold real classes seen for the first time (the
+        others are the overlap or the padding, masked out of the losses and gradients); None where all do."""
+        if not (self.padded or self.overlaps):
+            return None
+        position = self.start(j) + jnp.arange(self.width)
+        return position < self.classes if self.padded else position >= j * self.width
+
+
+def choose_layout(classes, rows: int, chunk_size: int | None, groups: int) -> Layout:
+    """Chunks of ``chunk_size`` classes (a checked positive multiple of ``groups``; at most C), or, for None,
+    about ``CHUNK_ELEMENTS`` logits of ``rows`` rows each and at least ``MIN_CHUNK`` classes, as equal as the
+    steps allow."""
+    target = chunk_size or max(MIN_CHUNK, CHUNK_ELEMENTS // max(rows, 1))
+    if not isinstance(classes, int):  # a symbolic C: one group, a static width, a symbolic number of steps
+        return Layout(classes, 1, target, -(-classes // target))
+    group_size = classes // groups
+    width = min(max(target // groups, 1), group_size)
+    if chunk_size is None:  # the same width with the fewest repeated positions in the last step
+        width = -(-group_size // -(-group_size // width))
+    return Layout(classes, groups, width, -(-group_size // width))
+
+
+def class_groups(function: str, classes, chunk_size: int | None, shards: int | None, possible: int) -> int:
+    """The ``groups`` of the layout: the class shards where they are known (``shards``), else the largest
+    number of shards that the class axis could be split into (``gcd(C, possible)``, ``possible`` the devices
+    that could hold them). An explicit ``chunk_size`` that is not a multiple is a ``ValueError``: its steps
+    could not take the same number of classes from every shard."""
+    if not isinstance(classes, int):
+        return 1
+    groups = shards if shards is not None else math.gcd(classes, possible)
+    if chunk_size is not None and chunk_size % groups:
+        where = (
+            f"the kernel's {classes} classes are sharded over {groups} devices"
+            if shards is not None
+            else f"the kernel's {classes} classes may be sharded over up to {groups} devices (the greatest common "
+            f"divisor of C and the {possible} devices; under Auto axes inside jit the sharding is not known when "
+            "the loop is traced, under Explicit axes it is read from the kernel's type)"
+        )
+        raise ValueError(
+            f"{function}: chunk_size={chunk_size} cannot keep each shard's work local: {where}, and every chunk "
+            f"takes the same number of classes from each. Pass a multiple of {groups} (such as "
+            f"{groups * -(-chunk_size // groups)}), or None to choose one"
+        )
+    return groups
 
 
 class Config(NamedTuple):
@@ -66,103 +130,143 @@ class Config(NamedTuple):
     ignore_label: float | None
     precision: Any
     dtype: np.dtype  # compute dtype of logits, losses and gradients
+    kernel_axis: int = -1  # the kernel's class axis: -1 for (D, C) ("in_out"), -2 for (C, D) ("out_in")
 
 
 class Parameters(NamedTuple):
-    """The differentiable arrays, classes laid out as ``(..., chunk, chunks)``."""
+    """The differentiable arrays, classes laid out by :func:`by_chunk`."""
 
     features: jax.Array  # (N, D), masked rows zeroed
-    kernel: jax.Array  # (D, chunk, chunks)
-    bias: jax.Array | None  # (chunk, chunks)
-    pos_weight: jax.Array | None  # (chunk, chunks)
-    weight: jax.Array | None = None  # per class (chunk, chunks) or per element (N, chunk, chunks)
+    kernel: jax.Array  # (D, groups, group_size), or (groups, group_size, D) with kernel_axis=-2
+    bias: jax.Array | None  # (groups, group_size)
+    pos_weight: jax.Array | None  # (groups, group_size)
+    weight: jax.Array | None = None  # per class (groups, group_size) or per element (N, groups, group_size)
+
+
+class SparseLabels(NamedTuple):
+    """The entries of a ``jax.experimental.sparse.BCOO`` of labels ``(N, C)``: ``labels[rows, classes] +=
+    values``, entries out of range dropped."""
+
+    rows: jax.Array  # (entries,) int
+    classes: jax.Array  # (entries,) int
+    values: jax.Array  # (entries,)
 
 
 class Targets(NamedTuple):
-    """The labels: dense ``(N, chunk, chunks)`` or sparse positives ``(N, P)``, and the row and class masks."""
+    """The labels, one of: dense ``(N, groups, group_size)``, padded positives ``(N, P)`` or sparse entries; and
+    the row and class masks."""
 
     labels: jax.Array | None
     positives: jax.Array | None
     keep: jax.Array | None  # (N,) bool
-    classes_kept: jax.Array | None = None  # (chunk, chunks) bool: the contrastive loss's padded columns
+    classes_kept: jax.Array | None = None  # (groups, group_size) bool: the contrastive loss's padded columns
+    entries: SparseLabels | None = None
 
 
-def one_device() -> bool:
-    """Whether nothing can be sharded: contiguous chunks then (module notes)."""
-    return jax.device_count() == 1
-
-
-def choose_layout(classes: int, rows: int, chunk_size: int | None) -> Layout:
-    """Chunks of ``chunk_size`` classes (a checked positive int), or, for None, about ``CHUNK_ELEMENTS`` logits
-    of ``rows`` rows each and at least ``MIN_CHUNK`` classes; contiguous on one device, strided on several."""
-    target = chunk_size or max(MIN_CHUNK, CHUNK_ELEMENTS // max(rows, 1))
-    contiguous = one_device()
-    if not isinstance(classes, int):  # a symbolic C (jax.export): a static chunk, a symbolic number of them
-        return Layout(classes, target, -(-classes // target), contiguous)
-    chunks = -(-classes // target)
-    if chunk_size is None:
-        # Prefer a number of chunks that divides C (no padded copy of the kernel), at most halving the chunk.
-        chunks = next((n for n in range(chunks, 2 * chunks + 1) if classes % n == 0), chunks)
-    chunks = max(chunks, 1)
-    return Layout(classes, -(-classes // chunks), chunks, contiguous)
-
-
-def by_chunk(array: jax.Array, layout: Layout, fill=0) -> jax.Array:
-    """``(..., C)`` as ``(..., chunk, chunks)`` (``(..., chunks, chunk)`` where contiguous); a copy padded with
-    ``fill`` only where C is not a multiple."""
+def by_chunk(array: jax.Array, layout: Layout, axis: int = -1, fill=0) -> jax.Array:
+    """``array`` with its class axis ``axis`` (negative) as ``(groups, group_size)``: a free reshape, padded with
+    ``fill`` only for a symbolic C. One group is no reshape: XLA would give the size-1 axis a layout of its own
+    and copy the array to carry it through the loop."""
     if layout.padded:
-        array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, layout.padding)], constant_values=fill)
-    sizes = (layout.chunks, layout.chunk) if layout.contiguous else (layout.chunk, layout.chunks)
-    return array.reshape(*array.shape[:-1], *sizes)
+        padding = [(0, 0)] * array.ndim
+        padding[axis] = (0, layout.group_size - layout.classes)
+        array = jnp.pad(array, padding, constant_values=fill)
+    if layout.groups == 1:
+        return array
+    at = axis % array.ndim
+    return array.reshape(*array.shape[:at], layout.groups, layout.group_size, *array.shape[at + 1 :])
 
 
-def from_chunks(array: jax.Array, layout: Layout) -> jax.Array:
-    """The inverse of ``by_chunk``: back to ``(..., C)``."""
-    return array.reshape(*array.shape[:-2], layout.chunk * layout.chunks)[..., : layout.classes]
+def from_chunks(array: jax.Array, layout: Layout, axis: int = -1) -> jax.Array:
+    """The inverse of ``by_chunk``: back to the class axis ``axis``."""
+    at = axis % array.ndim  # the position axis; the group axis, if any, is before it
+    if layout.groups > 1:
+        at -= 1
+        array = array.reshape(*array.shape[:at], layout.groups * layout.group_size, *array.shape[at + 2 :])
+    return jax.lax.slice_in_dim(array, 0, layout.classes, axis=at) if layout.padded else array
 
 
-def take(array: jax.Array | None, j: jax.Array, layout: Layout) -> jax.Array | None:
-    """Chunk ``j`` of an array laid out by ``by_chunk``."""
-    return None if array is None else jax.lax.dynamic_index_in_dim(array, j, axis=layout.axis, keepdims=False)
+def take(array: jax.Array | None, j: jax.Array, layout: Layout, axis: int = -1) -> jax.Array | None:
+    """Step ``j``'s positions of an array laid out by ``by_chunk`` (``axis`` its position axis), with the group
+    axis before it."""
+    if array is None:
+        return None
+    chunk = jax.lax.dynamic_slice_in_dim(array, layout.start(j), layout.width, axis=axis)
+    return jnp.expand_dims(chunk, axis - 1) if layout.groups == 1 else chunk
 
 
-def put(array: jax.Array, chunk: jax.Array, j: jax.Array, layout: Layout) -> jax.Array:
-    """``array`` with chunk ``j`` replaced by ``chunk`` (in place inside the loop)."""
-    return jax.lax.dynamic_update_index_in_dim(array, chunk.astype(array.dtype), j, axis=layout.axis)
+def put(array: jax.Array, chunk: jax.Array, j: jax.Array, layout: Layout, axis: int = -1) -> jax.Array:
+    """``array`` with step ``j``'s positions replaced by ``chunk`` (in place inside the loop), except those that
+    the step before wrote (the overlap of the last step), which keep their values."""
+    chunk = chunk.astype(array.dtype)
+    if layout.overlaps:
+        shape = [1] * chunk.ndim
+        shape[axis] = layout.width
+        chunk = jnp.where(layout.fresh(j).reshape(shape), chunk, take(array, j, layout, axis))
+    if layout.groups == 1:
+        chunk = jnp.squeeze(chunk, axis - 1)
+    return jax.lax.dynamic_update_slice_in_dim(array, chunk, layout.start(j), axis=axis)
 
 
-def _classes(layout: Layout, j: jax.Array) -> jax.Array:
-    """The classes of chunk ``j``."""
-    i = jnp.arange(layout.chunk)
-    return j * layout.chunk + i if layout.contiguous else i * layout.chunks + j
-
-
-def _dot(config: Config, a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
-    dimensions = (((contract[0],), (contract[1],)), ((), ()))
+def _dot(config: Config, a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
+    dimensions = (contract, ((), ()))
     return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
 
 
-def _chunk_labels(targets: Targets, j: jax.Array, config: Config) -> tuple[jax.Array, jax.Array | None]:
-    """The labels of chunk ``j`` and, with ``ignore_label``, which of them are known (None: all)."""
+def chunk_logits(config: Config, features: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``(N, groups, width)`` logits of a kernel chunk ``(D, groups, width)`` or ``(groups, width, D)``."""
+    return _dot(config, features, kernel, ((1,), (0,) if config.kernel_axis == -1 else (2,)))
+
+
+def features_gradient(config: Config, d_logits: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``(N, D)``: ``d_logits @ kernel_chunk.T``."""
+    return _dot(config, d_logits, kernel, ((1, 2), (1, 2) if config.kernel_axis == -1 else (0, 1)))
+
+
+def kernel_gradient(config: Config, features: jax.Array, d_logits: jax.Array) -> jax.Array:
+    """``features.T @ d_logits`` in the kernel's layout: ``(D, groups, width)`` or ``(groups, width, D)``."""
+    if config.kernel_axis == -1:
+        return _dot(config, features, d_logits, ((0,), (0,)))
+    return _dot(config, d_logits, features, ((0,), (0,)))
+
+
+def _position_in_chunk(classes: jax.Array, j: jax.Array, layout: Layout) -> jax.Array:
+    """Where each class index lands in step ``j``'s flattened chunk ``(groups * width,)``; ``chunk`` (out of
+    bounds, dropped by the scatters) for a class outside the step, a negative index or one of at least C."""
+    group, position = classes // layout.group_size, classes % layout.group_size
+    offset = position - layout.start(j)
+    inside = (classes >= 0) & (classes < layout.classes) & (offset >= 0) & (offset < layout.width)
+    return jnp.where(inside, group * layout.width + offset, layout.chunk)
+
+
+def _chunk_labels(targets: Targets, rows: int, j: jax.Array, config: Config) -> tuple[jax.Array, jax.Array | None]:
+    """The labels of step ``j`` ``(N, groups, width)`` and, with ``ignore_label``, which of them are known (None:
+    all)."""
     layout = config.layout
     if targets.labels is not None:
         labels = take(targets.labels, j, layout)
         known = None if config.ignore_label is None else labels != config.ignore_label
-        keep = both(None if targets.keep is None else targets.keep[:, None], known)
+        keep = both(None if targets.keep is None else targets.keep[:, None, None], known)
         labels = labels.astype(config.dtype)
         # Masked rows may hold NaN labels (padding), ignored elements their ignore label; the core sees 0 there,
         # as in the elementwise losses.
         return (labels if keep is None else jnp.where(keep, labels, 0)), known
-    positives = targets.positives
-    if layout.contiguous:
-        chunk_of, index = positives // layout.chunk, positives % layout.chunk
-    else:
-        chunk_of, index = positives % layout.chunks, positives // layout.chunks
-    index = jnp.where((positives >= 0) & (chunk_of == j), index, layout.chunk)  # out of bounds: dropped
-    # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
-    # indices); a repeated class is set twice, counted once.
     zeros = jnp.zeros((layout.chunk,), config.dtype)
-    return jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index), None
+    if targets.positives is not None:
+        # A scatter per row (batched over rows, so that a row-sharded batch partitions without gathering the
+        # indices); a repeated class is set twice, counted once.
+        index = _position_in_chunk(targets.positives, j, layout)
+        labels = jax.vmap(lambda row: zeros.at[row].set(1, mode="drop"))(index)
+    else:
+        # One scatter of the entries that fall in this step; duplicates add up, as BCOO defines.
+        entries = targets.entries
+        row = jnp.where((entries.rows >= 0) & (entries.rows < rows), entries.rows, rows)
+        index = _position_in_chunk(entries.classes, j, layout)
+        values = entries.values.astype(config.dtype)
+        labels = jnp.zeros((rows, layout.chunk), config.dtype).at[row, index].add(values, mode="drop")
+        if targets.keep is not None:  # masked rows may hold NaN values
+            labels = jnp.where(targets.keep[:, None], labels, 0)
+    return labels.reshape(rows, layout.groups, layout.width), None
 
 
 def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
@@ -170,27 +274,37 @@ def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
     return b if a is None else a if b is None else a & b
 
 
-def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config: Config):
-    """Logits, labels, pos_weight, weight and element mask (padded classes and ignored labels; None for none) of
-    chunk ``j``."""
+class _Chunk(NamedTuple):
+    """Step ``j``'s inputs to the elementwise core, each ``(N, groups, width)`` or broadcasting to it."""
+
+    logits: jax.Array
+    labels: jax.Array
+    pos_weight: jax.Array | None
+    weight: jax.Array | None
+    valid: jax.Array | None  # the elements that count (None: all): fresh classes, known labels, kept texts
+
+
+def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config: Config) -> _Chunk:
     layout = config.layout
-    logits = _dot(config, parameters.features, take(parameters.kernel, j, layout), contract=(1, 0))
+    logits = chunk_logits(config, parameters.features, take(parameters.kernel, j, layout, config.kernel_axis))
     if parameters.bias is not None:
         logits = logits + take(parameters.bias, j, layout).astype(config.dtype)
     pos_weight, weight = take(parameters.pos_weight, j, layout), take(parameters.weight, j, layout)
     pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
-    valid = None
-    if layout.padded:
-        valid = _classes(layout, j) < layout.classes
-    labels, known = _chunk_labels(targets, j, config)
-    return logits, labels, pos_weight, weight, both(both(valid, known), take(targets.classes_kept, j, layout))
+    labels, known = _chunk_labels(targets, parameters.features.shape[0], j, config)
+    valid = both(both(layout.fresh(j), known), take(targets.classes_kept, j, layout))
+    return _Chunk(logits, labels, pos_weight, weight, valid)
 
 
-def _elementwise_loss(config: Config, logits, labels, pos_weight, weight, valid) -> jax.Array:
-    loss = _elementwise.bce_with_logits(logits, labels, pos_weight, config.label_smoothing)
-    if weight is not None:
-        loss = weighted(weight, loss)  # a zero weight removes its element even where its loss is infinite
-    return loss if valid is None else jnp.where(valid, loss, 0)
+def _elementwise_loss(config: Config, chunk: _Chunk) -> jax.Array:
+    loss = _elementwise.bce_with_logits(chunk.logits, chunk.labels, chunk.pos_weight, config.label_smoothing)
+    if chunk.weight is not None:
+        loss = weighted(chunk.weight, loss)  # a zero weight removes its element even where its loss is infinite
+    return loss if chunk.valid is None else jnp.where(chunk.valid, loss, 0)
+
+
+def _row_sums(loss: jax.Array) -> jax.Array:
+    return loss.sum(axis=(-2, -1))
 
 
 def zeros(shape, dtype, *inputs) -> jax.Array:
@@ -213,22 +327,22 @@ def row_losses(config: Config, parameters: Parameters, targets: Targets) -> jax.
     """Per-row sums over classes of the loss, one matmul per chunk."""
 
     def step(j, rows):
-        return rows + _elementwise_loss(config, *_chunk_inputs(parameters, targets, j, config)).sum(axis=-1)
+        return rows + _row_sums(_elementwise_loss(config, _chunk_inputs(parameters, targets, j, config)))
 
     initial = zeros(parameters.features.shape[:1], config.dtype, parameters, targets)
-    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
+    return jax.lax.fori_loop(0, config.layout.steps, step, initial)
 
 
 def _chunk_gradients(config: Config, parameters: Parameters, targets: Targets, row_scale: jax.Array, j: jax.Array):
-    """Chunk ``j``'s gradients of ``sum(row_scale * row_losses)`` in its logits, pos_weight and weight, and its
+    """Step ``j``'s gradients of ``sum(row_scale * row_losses)`` in its logits, pos_weight and weight, and its
     row losses."""
-    logits, labels, pos_weight, weight, valid = _chunk_inputs(parameters, targets, j, config)
+    chunk = _chunk_inputs(parameters, targets, j, config)
 
     def scaled_sum(x, pw, w):
-        loss = _elementwise_loss(config, x, labels, pw, w, valid)
-        return jnp.sum(row_scale[:, None] * loss), loss.sum(axis=-1)
+        loss = _elementwise_loss(config, chunk._replace(logits=x, pos_weight=pw, weight=w))
+        return jnp.sum(row_scale[:, None, None] * loss), _row_sums(loss)
 
-    total, pullback, chunk_rows = jax.vjp(scaled_sum, logits, pos_weight, weight, has_aux=True)
+    total, pullback, chunk_rows = jax.vjp(scaled_sum, chunk.logits, chunk.pos_weight, chunk.weight, has_aux=True)
     return (*pullback(jnp.ones_like(total)), chunk_rows)
 
 
@@ -243,12 +357,11 @@ def row_losses_and_gradients(
         rows, gradients = carry
         d_logits, d_pos_weight, d_weight, chunk_rows = _chunk_gradients(config, parameters, targets, row_scale, j)
         if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
-            d_features = _dot(config, d_logits, take(kernel, j, layout), contract=(1, 1))
+            d_features = features_gradient(config, d_logits, take(kernel, j, layout, config.kernel_axis))
             gradients = gradients._replace(features=gradients.features + d_features)
         if gradients.kernel is not None:  # features.T @ d_logits, this chunk's columns
-            gradients = gradients._replace(
-                kernel=put(gradients.kernel, _dot(config, features, d_logits, (0, 0)), j, layout)
-            )
+            d_kernel = kernel_gradient(config, features, d_logits)
+            gradients = gradients._replace(kernel=put(gradients.kernel, d_kernel, j, layout, config.kernel_axis))
         if gradients.bias is not None:
             gradients = gradients._replace(bias=put(gradients.bias, d_logits.sum(axis=0), j, layout))
         if gradients.pos_weight is not None:
@@ -266,30 +379,33 @@ def row_losses_and_gradients(
         zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
         Parameters(*(zeros_like(name, a) for name, a in zip(Parameters._fields, parameters, strict=True))),
     )
-    return jax.lax.fori_loop(0, config.layout.chunks, step, initial)
+    return jax.lax.fori_loop(0, config.layout.steps, step, initial)
 
 
 class Head(NamedTuple):
     """What the update loop carries: the layer's kernel and bias (or None) laid out by ``by_chunk``, and the
-    caller's ``rest`` (the optimizer state's leaves, laid out by chunks or not, as ``chunked`` says)."""
+    caller's ``rest`` (the optimizer state's leaves, each laid out by chunks along ``axes[i]`` or, for None,
+    whole)."""
 
     kernel: jax.Array
     bias: jax.Array | None
     rest: list
 
 
-def _read(head: Head, chunked: list[bool], j: jax.Array, layout: Layout) -> Head:
-    rest = [take(leaf, j, layout) if by_chunks else leaf for leaf, by_chunks in zip(head.rest, chunked, strict=True)]
-    return Head(take(head.kernel, j, layout), take(head.bias, j, layout), rest)
+def _read(head: Head, axes: list[int | None], j: jax.Array, config: Config) -> Head:
+    layout = config.layout
+    rest = [leaf if axis is None else take(leaf, j, layout, axis) for leaf, axis in zip(head.rest, axes, strict=True)]
+    return Head(take(head.kernel, j, layout, config.kernel_axis), take(head.bias, j, layout), rest)
 
 
-def _write(head: Head, values: Head, chunked: list[bool], j: jax.Array, layout: Layout) -> Head:
+def _write(head: Head, values: Head, axes: list[int | None], j: jax.Array, config: Config) -> Head:
+    layout = config.layout
     rest = [
-        put(leaf, value, j, layout) if by_chunks else value
-        for leaf, value, by_chunks in zip(head.rest, values.rest, chunked, strict=True)
+        value if axis is None else put(leaf, value, j, layout, axis)
+        for leaf, value, axis in zip(head.rest, values.rest, axes, strict=True)
     ]
     bias = None if head.bias is None else put(head.bias, values.bias, j, layout)
-    return Head(put(head.kernel, values.kernel, j, layout), bias, rest)
+    return Head(put(head.kernel, values.kernel, j, layout, config.kernel_axis), bias, rest)
 
 
 def _as_bits(tree):
@@ -311,13 +427,14 @@ def row_losses_and_updates(
     targets: Targets,
     row_scale: jax.Array,
     head: Head,
-    chunked: list[bool],
+    axes: list[int | None],
     update: Callable,
 ) -> tuple[jax.Array, jax.Array, Head]:
     """Per-row losses, the features gradient of ``sum(row_scale * row_losses)``, and ``head`` with each chunk
     ``j`` replaced by ``update(j, kernel_gradient, bias_gradient, old)``: ``old`` is chunk ``j`` of ``head``
-    (``(D, chunk)``, ``(chunk,)`` and the chunked state's chunks; the other leaves whole) and the gradients are
-    chunk ``j``'s. ``parameters.kernel`` and ``.bias`` are not read: the kernel and bias are ``head``'s.
+    (the kernel's, the bias's and the chunked state's chunks; the other leaves whole) and the gradients are
+    chunk ``j``'s. ``parameters.kernel`` and ``.bias`` are not read: the kernel and bias are ``head``'s. The
+    positions of the last step that the step before updated keep their values (:func:`put`).
 
     Why each chunk is written one step late. With ``head`` donated, the loop updates the kernel and the state in
     place, and no kernel-sized gradient or update ever exists. But an optimizer's update reads several state
@@ -325,14 +442,13 @@ def row_losses_and_updates(
     fusions that write the other buffers in place; to keep every read ahead of every write it then copies each
     state array, a kernel-sized copy per step. So chunk ``j``'s new values are carried to the next step and
     written there first, and chunk ``j + 1`` is read from the buffers written: every read comes after the write,
-    from data dependencies alone.
+    from data dependencies alone (the overlapping last step reads its predecessor's new values).
 
     Why bfloat16 arrays are carried as the integers of their bits on the CPU. XLA:CPU has no bfloat16
     dynamic-update-slice: it converts the whole array to float32, writes the chunk and converts it back, a pass
-    over the kernel at every chunk (quadratic in C). A ``uint16`` array is written in place. What that costs is
-    the views: XLA copies the bits of most bfloat16 arrays before the loop and back after it (it reuses the
-    buffers of some, 0.3 of them at 2^20 classes). float16 arrays, and bfloat16 ones on GPUs and TPUs, are
-    written in place as they are (``platform_dependent``; scripts/check_gpu_hlo.py compiles it for a GPU).
+    over the kernel at every chunk (quadratic in C). A ``uint16`` array is written in place; the cost is a copy
+    of the bits of most bfloat16 arrays before the loop and back after it. float16 arrays, and bfloat16 ones on
+    GPUs and TPUs, are written in place as they are (``platform_dependent``).
     """
     features, layout = parameters.features, config.layout
     dtypes = jax.tree.map(lambda array: array.dtype, head)
@@ -344,23 +460,23 @@ def row_losses_and_updates(
         def step(j, carry):
             rows, d_features, stored, pending = carry
             # Chunk j - 1's new values (at j = 0, chunk 0 as it was).
-            stored = _write(stored, stored_form(pending), chunked, jnp.maximum(j - 1, 0), layout)
+            stored = _write(stored, stored_form(pending), axes, jnp.maximum(j - 1, 0), config)
             head = as_floats(stored)
-            old = _read(head, chunked, j, layout)
+            old = _read(head, axes, j, config)
             current = parameters._replace(kernel=head.kernel, bias=head.bias)
             d_logits, _, _, chunk_rows = _chunk_gradients(config, current, targets, row_scale, j)
-            d_features = d_features + _dot(config, d_logits, old.kernel, contract=(1, 1))
-            new = update(j, _dot(config, features, d_logits, (0, 0)), d_logits.sum(axis=0), old)
+            d_features = d_features + features_gradient(config, d_logits, old.kernel)
+            new = update(j, kernel_gradient(config, features, d_logits), d_logits.sum(axis=0), old)
             return rows + chunk_rows, d_features, stored, new
 
         initial = (
             zeros(features.shape[:1], config.dtype, parameters, targets, row_scale),
             zeros(features.shape, config.dtype, parameters, targets, row_scale),
             stored_form(head),
-            _read(head, chunked, jnp.zeros((), jnp.int32), layout),
+            _read(head, axes, jnp.zeros((), jnp.int32), config),
         )
-        rows, d_features, stored, pending = jax.lax.fori_loop(0, layout.chunks, step, initial)
-        return rows, d_features, as_floats(_write(stored, stored_form(pending), chunked, layout.chunks - 1, layout))
+        rows, d_features, stored, pending = jax.lax.fori_loop(0, layout.steps, step, initial)
+        return rows, d_features, as_floats(_write(stored, stored_form(pending), axes, layout.steps - 1, config))
 
     if jnp.dtype(jnp.bfloat16) not in jax.tree.leaves(dtypes):
         return loop(as_bits=False)

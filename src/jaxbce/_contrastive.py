@@ -4,10 +4,11 @@ Every image-text pair of a batch is one binary classification, positive on the d
 
     loss = (1/B) sum_ij bce(logit_scale <x_i, z_j> + logit_bias, [i == j])
 
-which is :func:`jaxbce.linear_binary_cross_entropy` with the images as features, ``logit_scale * texts.T``
-as the kernel and one positive class per row. So this module adds no loss formula and no chunked loop of its
-own: each block of pairs goes through ``_chunks.row_losses_and_gradients`` (the same BCE core and gradient
-rule, chunked over texts), and what is here is how blocks are visited and how their gradients are gathered.
+which is :func:`jaxbce.linear_binary_cross_entropy` with the images as features, ``logit_scale * texts`` as
+the kernel in the ``(C, D)`` layout and one positive class per row. So this module adds no loss formula and no
+chunked loop of its own: each block of pairs goes through ``_chunks.row_losses_and_gradients`` (the same BCE
+core and gradient rule, chunked over texts), and what is here is how blocks are visited and how their
+gradients are gathered.
 
 Why a custom VJP with the gradients formed in the forward pass. The loss is a scalar, so as in
 ``_linear`` each block's gradients are formed when the block is visited (three matmuls per chunk of texts) and
@@ -31,6 +32,7 @@ the ``custom_vjp`` gave the embeddings ``1/n`` of their gradient under ``check_v
 """
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -41,7 +43,7 @@ from jaxbce import _chunks
 from jaxbce._arguments import Role, as_mask, check_chunk_size, check_shape, checked_array, compute_dtype
 from jaxbce._jit import jit_loss
 from jaxbce._numerics import weighted
-from jaxbce._sharding import with_auto_axes
+from jaxbce._sharding import devices_that_could_shard, shards_along, with_auto_axes
 from jaxbce._value_checks import register_value_checks, value_checks_enabled
 
 # Image rows per block on one device, and texts per chunk of a block: about 2^20 pairs (4 MiB of float32
@@ -55,6 +57,7 @@ _BLOCK_ELEMENTS = 2**20
 class _Config(NamedTuple):
     rows: int  # image rows per block (single device)
     chunk_size: int | None  # texts per chunk inside a block
+    text_groups: int  # the layout's groups of texts (_chunks): the shards the texts may be split into
     precision: object
     dtype: np.dtype
     axis_name: object
@@ -72,12 +75,13 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     ``row_offset + i`` (a negative or out-of-range offset: no positive). Returns the row losses and, if
     ``gradients``, the gradients of ``sum(row_scale * row_losses)``."""
     rows, classes = images.shape[0], texts.shape[0]
-    layout = _chunks.choose_layout(classes, rows, config.chunk_size or max(_chunks.MIN_CHUNK, _BLOCK_ELEMENTS // rows))
-    linear_config = _chunks.Config(layout, 0.0, None, config.precision, config.dtype)
-    kernel = scale * texts.T
+    chunk = config.chunk_size or max(_chunks.MIN_CHUNK, _BLOCK_ELEMENTS // rows)
+    layout = _chunks.choose_layout(classes, rows, chunk, config.text_groups)
+    # The texts are the kernel in the (C, D) layout, scaled: the logits are scale * images @ texts.T + bias.
+    linear_config = _chunks.Config(layout, 0.0, None, config.precision, config.dtype, kernel_axis=-2)
     parameters = _chunks.Parameters(
         features=images,
-        kernel=_chunks.by_chunk(kernel, layout),
+        kernel=_chunks.by_chunk(scale * texts, layout, axis=-2),
         bias=_chunks.by_chunk(jnp.broadcast_to(bias, (classes,)), layout),
         pos_weight=None,
     )
@@ -90,13 +94,13 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     )
     if not gradients:
         return _chunks.row_losses(linear_config, parameters, targets), None
-    wanted = _chunks.Parameters(True, True, True, False, False)
+    wanted = _chunks.Parameters(features=True, kernel=True, bias=True, pos_weight=False, weight=False)
     losses, grads = _chunks.row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
-    d_kernel = _chunks.from_chunks(grads.kernel, layout)  # (D, T)
+    d_kernel = _chunks.from_chunks(grads.kernel, layout, axis=-2)  # (T, D)
     return losses, _Gradients(
         images=grads.features,
-        texts=scale * d_kernel.T,
-        scale=jnp.sum(d_kernel * texts.T),
+        texts=scale * d_kernel,
+        scale=jnp.sum(d_kernel * texts),
         bias=jnp.sum(grads.bias),
     )
 
@@ -250,7 +254,8 @@ def sigmoid_contrastive_loss(
       where: optional ``(B,)`` bool; False drops the pair's image from the rows, its text from the columns and
         the example from the count ``B`` (padding of a last, short batch).
       axis_name: static name of the ``shard_map`` axis to ring over, or None for one device.
-      chunk_size: static positive int: image rows per block (one device) and texts per chunk.
+      chunk_size: static positive int: image rows per block (one device) and texts per chunk (rounded down to
+        a multiple of the shards the texts may be split into, so that each shard's chunk stays local).
       precision: static ``jax.lax.Precision`` of the matmuls.
 
     Returns:
@@ -318,7 +323,11 @@ def sigmoid_contrastive_loss(
     rows = chunk_size or _ROWS
     if isinstance(batch, int):  # else a symbolic B (jax.export): blocks of the static size, the last padded
         rows = max(min(rows, batch), 1)
-    config = _Config(rows, chunk_size, precision, dtype, axis_name)
+    text_groups = 1
+    if axis_name is None and isinstance(batch, int):
+        shards = shards_along(texts, 0)
+        text_groups = shards if shards is not None else math.gcd(batch, devices_that_could_shard())
+    config = _Config(rows, chunk_size, text_groups, precision, dtype, axis_name)
     scale, bias = scale.astype(dtype), bias.astype(dtype)
     if axis_name is None:
         total = functools.partial(_total, config)

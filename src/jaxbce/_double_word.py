@@ -72,6 +72,11 @@ def two_product(a: jax.Array, b: jax.Array) -> Pair:
     a_first = jnp.abs(a) <= jnp.abs(b)
     a = jnp.where(small & a_first, a * scale, a)
     b = jnp.where(small & ~a_first, b * scale, b)
+    # A factor within 2**-(p/2) of the largest float has a high half that rounds up to inf: it is split after
+    # dividing it by 4 and multiplying the other by 4 (exact, and the other is below 4 where the product is
+    # finite), which leaves the product and its error unchanged.
+    a_big, b_big = jnp.abs(a) > info.max / 4, jnp.abs(b) > info.max / 4
+    a, b = jnp.where(a_big, a / 4, jnp.where(b_big, a * 4, a)), jnp.where(a_big, b * 4, jnp.where(b_big, b / 4, b))
     a_hi, a_lo = _split(a)
     b_hi, b_lo = _split(b)
     error = ((a_hi * b_hi - jnp.where(small, hi * scale, hi)) + (a_hi * b_lo + a_lo * b_hi)) + a_lo * b_lo
@@ -124,7 +129,7 @@ class _ExpReduction(NamedTuple):
 
     ln2_hi: float  # ln2 = ln2_hi + ln2_lo, with k * ln2_hi exact for every k that occurs
     ln2_lo: float
-    lowest: float  # the lowest argument worth computing: below it exp underflows to 0
+    lowest: float  # below it exp(w) times any finite number underflows to 0: ln(smallest subnormal / largest)
     degree: int  # the Taylor degree that reaches 0.05 eps on |r| <= ln2 / 2
     int_type: type  # the integer type, mantissa width and exponent bias that build 2**k from bits
     mantissa_bits: int
@@ -132,9 +137,10 @@ class _ExpReduction(NamedTuple):
 
 
 _EXP_REDUCTION = {
-    np.dtype(np.float32): _ExpReduction(0.693359375, -2.12194440e-4, -170.0, 7, np.int32, 23, 127),
+    # ln(2**-149 / 3.4e38) = -192.0 and ln(2**-1074 / 1.8e308) = -1454.2.
+    np.dtype(np.float32): _ExpReduction(0.693359375, -2.12194440e-4, -200.0, 7, np.int32, 23, 127),
     np.dtype(np.float64): _ExpReduction(
-        6.93147180369123816490e-01, 1.90821492927058770002e-10, -1400.0, 13, np.int64, 52, 1023
+        6.93147180369123816490e-01, 1.90821492927058770002e-10, -1460.0, 13, np.int64, 52, 1023
     ),
 }
 
@@ -147,8 +153,11 @@ def _power_of_two(k: jax.Array, dtype) -> jax.Array:
 
 def times_power_of_two(number, k: jax.Array):
     """number (one or a pair) * 2**k as two normal powers of two, so that a normal result is exact even where
-    2**k is not."""
+    2**k is not. An exponent below twice the smallest normal one is taken as that (each half is then the smallest
+    normal power of two, not bits below the format's range): for a number below 2**(bias - 2) the result is below
+    the smallest normal number either way."""
     dtype = (number.hi if isinstance(number, Pair) else number).dtype
+    k = jnp.maximum(k, 2 - 2 * _EXP_REDUCTION[np.dtype(dtype)].bias)
     k1 = jnp.floor(0.5 * k)
     first, second = _power_of_two(k1, dtype), _power_of_two(k - k1, dtype)
     if isinstance(number, Pair):
@@ -158,7 +167,7 @@ def times_power_of_two(number, k: jax.Array):
 
 def reduced_exp(w: jax.Array, w_lo: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """exp(w + w_lo) = (1 + u_hi + u_lo) * 2**k with |u| <= 0.42, for w <= 88 (float32) or 709 (float64);
-    arguments below the lowest worth computing are clamped (exp underflows to 0 there).
+    arguments below the lowest worth computing are clamped (exp times any finite number underflows to 0 there).
 
     w = k ln2 + r1 + r2 with u_hi = r1 = w - k ln2_hi exact and r2 = w_lo - k ln2_lo small, and u_lo =
     r2 + r**2 p(r) the rest of the series: 1 + u_hi + u_lo, summed exactly (:func:`one_plus`), is within

@@ -273,8 +273,14 @@ def _binary_kl_divergence_partials(x, t):
         return jnp.where((x == t) & jnp.isinf(x), 0, jnp.where(x > t, above, below))
 
     def d_target_logits():
-        # x - t is inf - inf = NaN at infinite x == t, where sigmoid(t) * sigmoid(-t) is 0 and so is the derivative.
-        sigmoid_t, sigmoid_minus_t = sigmoids(t)
-        return -weighted(sigmoid_t * sigmoid_minus_t, jnp.where((x == t) & jnp.isinf(x), 0, x - t))
+        # -sigmoid(t) sigmoid(-t) (x - t) = -sigmoid(-|t|) * (sigmoid(|t|) (x - t)), the product with sigmoid(-|t|)
+        # rounded once: sigmoid(-|t|) alone is subnormal (and flushed to 0) for |t| > 87 in float32 while the
+        # derivative is not (x = 3e38, t = -95: -1.66e-3). The derivative is 0 at t = +-inf, and where x - t
+        # overflows (|t| > max / 2, where sigmoid(-|t|) is 0 in any format); x - t is NaN at infinite x == t.
+        nt = neg_abs(t)
+        d = x - t
+        zero = jnp.isinf(t) | (jnp.isinf(d) & jnp.isfinite(x))
+        d = jnp.where(zero, 0, d)
+        return -sigmoid_nonpositive(nt, d * (1 - sigmoid_nonpositive(nt)))
 
     return d_logits, d_target_logits

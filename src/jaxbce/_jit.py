@@ -1,5 +1,6 @@
 """The jit wrapper of every public function: how a call is checked, keyed and compiled."""
 
+import contextvars
 import functools
 import inspect
 import typing
@@ -7,6 +8,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import sparse
 
 from jaxbce._arguments import is_python_number
 from jaxbce._value_checks import value_checks, value_checks_enabled
@@ -15,7 +17,11 @@ F = typing.TypeVar("F", bound=Callable)
 
 
 def jit_loss(
-    *, static: tuple[str, ...], static_or_array: tuple[str, ...] = (), trees: tuple[str, ...] = ()
+    *,
+    static: tuple[str, ...],
+    static_or_array: tuple[str, ...] = (),
+    trees: tuple[str, ...] = (),
+    hint: Callable[[dict], typing.Any] | None = None,
 ) -> Callable[[F], F]:
     """``jax.jit`` of a public function, the one rule by which every jaxbce function is called and compiled.
 
@@ -28,7 +34,10 @@ def jit_loss(
     not admit None, and a string or other non-array, are a ``TypeError`` naming the function and the argument.
     Too many positional arguments are a ``TypeError`` that names the keyword-only ones. Whether value checks are
     on (:func:`value_checks`, read when the call is traced) is part of the cache key, so that :func:`checked`
-    checks whatever was traced before.
+    checks whatever was traced before. ``hint`` reads what only the concrete arguments can tell (the
+    sharding of an array passed from outside ``jit``) from the call's arguments by name, before ``jit`` turns
+    them into tracers: its hashable result is part of the cache key, and :func:`current_hint` returns it
+    while the function is traced (None for a traced argument, or without a ``hint``).
     """
 
     def wrap(loss: F) -> F:
@@ -46,21 +55,26 @@ def jit_loss(
         positional = [option for option, p in options.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         keywords = [option for option, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
-        def traced(*, checks_on, **kwargs):  # every argument by name, so that static ones may be given by position
-            with value_checks(checks_on):
-                return loss(**kwargs)
+        def traced(*, checks_on, hinted, **kwargs):  # every argument by name: static ones may be given by position
+            tokens = _HINT.set(hinted), _FUNCTION.set(f"{name}()")
+            try:
+                with value_checks(checks_on):
+                    return loss(**kwargs)
+            finally:
+                _FUNCTION.reset(tokens[1])
+                _HINT.reset(tokens[0])
 
         @functools.cache
         def jitted(static_names: tuple[str, ...]):
-            return jax.jit(traced, static_argnames=(*static_names, "checks_on"))
+            return jax.jit(traced, static_argnames=(*static_names, "checks_on", "hinted"))
 
         @functools.wraps(loss)
         def call(*args, **kwargs):
             if len(args) > len(positional):
-                hint = f"; the others are keyword-only: pass them by name, e.g. {keywords[0]}=..." if keywords else ""
+                advice = f"; the others are keyword-only: pass them by name, e.g. {keywords[0]}=..." if keywords else ""
                 raise TypeError(
                     f"{name}() takes {len(positional)} positional arguments ({', '.join(positional)}) but "
-                    f"{len(args)} were given{hint}"
+                    f"{len(args)} were given{advice}"
                 )
             for option, value in zip(positional, args, strict=False):
                 if option in kwargs:
@@ -81,11 +95,26 @@ def jit_loss(
                 for option in static_or_array
                 if option in kwargs and (kwargs[option] is None or is_python_number(kwargs[option]))
             )
-            return jitted((*static, *scalars))(checks_on=value_checks_enabled(), **kwargs)
+            hinted = None if hint is None else hint(kwargs)
+            return jitted((*static, *scalars))(checks_on=value_checks_enabled(), hinted=hinted, **kwargs)
 
         return call
 
     return wrap
+
+
+_HINT: contextvars.ContextVar = contextvars.ContextVar("jaxbce_hint", default=None)
+_FUNCTION: contextvars.ContextVar = contextvars.ContextVar("jaxbce_function", default="jaxbce")
+
+
+def current_hint():
+    """The ``hint`` of the call being traced (see :func:`jit_loss`)."""
+    return _HINT.get()
+
+
+def current_function() -> str:
+    """The public function being traced, as ``"name()"``, for the errors raised below it."""
+    return _FUNCTION.get()
 
 
 def _check_array_argument(function: str, option: str, parameter: inspect.Parameter, value) -> None:
@@ -95,7 +124,7 @@ def _check_array_argument(function: str, option: str, parameter: inspect.Paramet
         if type(None) not in typing.get_args(parameter.annotation):
             raise TypeError(f"{function}(): {option} is required: an array, got None")
         return
-    array_like = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, list, tuple)
+    array_like = (jax.Array, sparse.JAXSparse, np.ndarray, np.generic, int, float, complex, bool, list, tuple)
     convertible = hasattr(value, "__jax_array__") or hasattr(value, "__array__")  # pandas, torch CPU tensors
     if isinstance(value, str | bytes) or not (isinstance(value, array_like) or convertible):
         raise TypeError(f"{function}(): {option} must be an array, got {type(value).__name__}")

@@ -178,9 +178,11 @@ _corrected.defjvp(_corrected_rule, symbolic_zeros=True)
 def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
     """scale * exp(nx) for nx <= 0, rounded once at the end.
 
-    exp(nx) = m * 2**k1 * 2**k2 with m in [0.7, 1.42] and both powers of two normal numbers, so that
-    ``scale * exp(nx)`` is exact to rounding even where exp(nx) alone would be subnormal (and flushed to 0 by
-    XLA): with pos_weight > 1 the loss of a hard label can be normal where exp(-|x|) is not.
+    exp(nx) = m * 2**k with m in [0.7, 1.42], and scale = s * 2**e with s in [0.5, 1): the result is
+    ``(s * m) * 2**(k + e)``, the power of two as two normal ones, so that it is exact to rounding even where
+    exp(nx) alone would be subnormal (and flushed to 0 by XLA; with pos_weight > 1 the loss of a hard label can
+    be normal where exp(-|x|) is not), and never overflows before the power of two where the scale is as large
+    as |x| (the entropy's |x| sigmoid(-|x|) at |x| = 1.7e308 is 0, not inf).
     """
     return _scaled_exp_of_reduced(nx, dw.reduced_exp(nx), scale)
 
@@ -188,7 +190,9 @@ def _scaled_exp(nx: jax.Array, scale: jax.Array) -> jax.Array:
 def _scaled_exp_of_reduced(nx, reduced, scale):
     """``_scaled_exp(nx, scale)`` from ``reduced = dw.reduced_exp(nx)`` (without a derivative)."""
     u_hi, u_lo, k = reduced
-    return jnp.where(jnp.isnan(nx), nx, dw.times_power_of_two(scale * (1 + (u_hi + u_lo)), k))
+    mantissa, exponent = jnp.frexp(scale)
+    product = dw.times_power_of_two(mantissa * (1 + (u_hi + u_lo)), k + exponent.astype(k.dtype))
+    return jnp.where(jnp.isnan(nx), nx, product)
 
 
 @define_partials(_scaled_exp)

@@ -22,10 +22,12 @@ from jaxbce._arguments import (
     as_mask,
     check_broadcasts,
     check_ignore_label,
+    check_ignore_label_fits,
     check_reduction,
     compute_dtype,
     normalize_axis,
 )
+from jaxbce._jit import current_function
 from jaxbce._reductions import Terms, masked_terms, normalize, prepare, sum_terms
 from jaxbce._sharding import sharded_like
 from jaxbce._value_checks import register_value_checks
@@ -96,6 +98,7 @@ def compute_loss(
     keep = None if keep is None else sharded_like(keep, first_array)
     if ignore_label is not None:
         labels = next(a for arg, a in zip(args, arrays, strict=True) if arg.role is Role.LABELS)
+        check_ignore_label_fits(current_function(), ignore_label, labels)
         labelled = labels != ignore_label
         keep = labelled if keep is None else keep & labelled
 

@@ -155,8 +155,34 @@ _fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
 
 
 def normalize(total, shape, axes, reduction, keep, weight) -> jax.Array:
-    """``total`` (the sum over ``axes`` of terms of shape ``shape``) divided as ``reduction`` says."""
-    return total / denominator(reduction, shape, axes, keep, weight, total.dtype)
+    """``total`` (the sum over ``axes`` of terms of shape ``shape``) divided as ``reduction`` says. For
+    ``"weighted_mean"`` the divisor is differentiated (in the weight) by :func:`_quotient`, and a zero total weight
+    gives 0 with zero gradient in every argument, the weight included."""
+    count = denominator(reduction, shape, axes, keep, weight, total.dtype)
+    if reduction != "weighted_mean" or weight is None:
+        return total / count
+    # count is the total weight where it is not 0, and 1 where it is (denominator never returns 0).
+    nothing = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=total.dtype) == 0
+    return jnp.where(nothing, 0, _quotient(total, count))
+
+
+@jax.custom_jvp
+def _quotient(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a / b, differentiated by the quotient rule as ``(da - (a / b) db) / b``.
+
+    Why. JAX differentiates ``a / b`` in ``b`` as ``-a / b**2``, and ``b**2`` overflows (or underflows) where ``b``
+    is beyond the square root of the largest (or smallest) float: a weighted mean's weight gradient, ``(loss_i -
+    mean) / W``, came out as inf, or with wrong signs, for total weights W near 1e20 or 1e-20 in float32. The form
+    here never squares ``b``; it is also its own derivative rule, so that every order is formed the same way.
+    """
+    return a / b
+
+
+@_quotient.defjvp
+def _quotient_jvp(primals, tangents):
+    (a, b), (da, db) = primals, tangents
+    out = _quotient(a, b)
+    return out, _quotient(da - out * db, b)
 
 
 def denominator(reduction, shape, axes, keep, weight, dtype) -> jax.Array:

@@ -1,6 +1,7 @@
 """Shardings: what the losses do under Explicit mesh axes (``jax.make_mesh``'s default), where an array's
 sharding is part of its type. A no-op under Auto axes, inside ``shard_map`` and without a mesh."""
 
+import math
 import typing
 from collections.abc import Callable
 
@@ -19,6 +20,31 @@ def explicit_spec(array: jax.Array) -> tuple | None:
     if mesh is None or mesh.empty or AxisType.Explicit not in mesh.axis_types:
         return None
     return (*sharding.spec, *[None] * (array.ndim - len(sharding.spec)))
+
+
+def shards_along(array: jax.Array, axis: int) -> int | None:
+    """How many shards ``array`` is split into along ``axis`` where that is part of its type (Explicit mesh
+    axes), 1 inside a ``shard_map`` whose every mesh axis is manual (the arrays are local), else None: under
+    Auto axes inside ``jit`` the sharding is chosen after tracing."""
+    spec = explicit_spec(array)
+    if spec is not None:
+        entry = spec[axis]
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        return math.prod(jax.typeof(array).sharding.mesh.shape[name] for name in names)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and all(kind == AxisType.Manual for kind in mesh.axis_types):
+        return 1
+    return None
+
+
+def devices_that_could_shard() -> int:
+    """The most shards an array's axis could be split into here: the devices of the mesh's axes that are not
+    manual, or every device without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return jax.device_count()
+    kinds = zip(mesh.axis_names, mesh.axis_types, strict=True)
+    return math.prod(mesh.shape[name] for name, kind in kinds if kind != AxisType.Manual)
 
 
 def sharded_like(array: jax.Array, reference: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxbce._arguments import Role, check_broadcasts, checked_array, compute_dtype, is_python_number
 from jaxbce._jit import jit_loss
-from jaxbce._value_checks import register_value_checks
+from jaxbce._value_checks import check_values, register_value_checks, value_checks_enabled
 
 
 def _counts(name: str, value: jax.typing.ArrayLike) -> jax.Array:
@@ -29,7 +29,8 @@ def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: 
       positive_counts: number of positive examples per class, shape ``(C,)`` (or any shape), integer or
         floating, non-negative.
       total_counts: number of labelled examples per class, broadcastable to ``positive_counts`` (a scalar for
-        the data set size), at least ``positive_counts``.
+        the data set size), at least ``positive_counts`` (reported by the value checks, :func:`jaxbce.checked`,
+        where it is not: the weight would be negative).
 
     Returns:
       float32 weights (float64 for float64 counts) of the broadcast shape.
@@ -44,6 +45,13 @@ def pos_weight_from_counts(positive_counts: jax.typing.ArrayLike, total_counts: 
     check_broadcasts("total_counts", totals.shape, positives.shape, "positive_counts")
     dtype = jnp.promote_types(positives.dtype, totals.dtype)
     positives, totals = positives.astype(dtype), totals.astype(dtype)
+    if value_checks_enabled():
+        more = jnp.broadcast_to(positives, jnp.broadcast_shapes(positives.shape, totals.shape))
+        check_values(
+            "positive_counts", more, more <= totals,
+            "must be at most total_counts (a class cannot have more positive examples than examples: pass the "
+            "number of labelled examples as total_counts)",
+        )  # fmt: skip
     safe = jnp.where(positives == 0, 1, positives)
     return jnp.where(positives == 0, 1, (totals - positives) / safe)
 
