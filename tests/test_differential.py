@@ -132,8 +132,9 @@ def _element_exactly(name, x, y, pw, options) -> dict:
         (v1, d1, s1), (v0, d0, s0) = (reference.asymmetric([float(x)], [label], **gammas) for label in (1.0, 0.0))
         v1, d1, s1, v0, d0, s0 = (mp(a[0]) for a in (v1, d1, s1, v0, d0, s0))
         y = mp(y)
-        return {"value": (pw * y * v1 + (1 - y) * v0, pw * y * v1 + (1 - y) * v0),
-                "first": (pw * y * d1 + (1 - y) * d0, pw * y * s1 + (1 - y) * s0), "pos_weight": (y * v1, y * v1)}  # fmt: skip
+        value = pw * y * v1 + (1 - y) * v0
+        first = (pw * y * d1 + (1 - y) * d0, pw * y * s1 + (1 - y) * s0)
+        return {"value": (value, value), "first": first, "pos_weight": (y * v1, y * v1)}
     if name == "binary_entropy":
         # -p log p - (1 - p) log(1 - p) as p softplus(-x) + (1 - p) softplus(x): 1 - p is formed directly
         # (1 - exp(-90) keeps 10 of its digits at 50).

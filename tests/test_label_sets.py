@@ -7,6 +7,7 @@ its gradient; memory from the compiled executables' ``memory_analysis()``. ``mak
 8-device session and in a one-device one (tests/devices.py).
 """
 
+import math
 import re
 
 import jax
@@ -152,7 +153,7 @@ def test_bcoo_value_checks_and_shape_errors():
         checked(p["features"], p["kernel"], twice)
     once = sparse.BCOO((jnp.array([0.75]), jnp.array([[2, 9]])), shape=(ROWS, 61))
     assert np.isfinite(checked(p["features"], p["kernel"], once))
-    with pytest.raises(ValueError, match=r"linear_binary_cross_entropy\(\): labels as a BCOO must have shape features.shape\[:-1\] \+ \(C,\)"):
+    with pytest.raises(ValueError, match=r"labels as a BCOO must have shape features.shape\[:-1\] \+ \(C,\)"):
         jaxbce.linear_binary_cross_entropy(p["features"], p["kernel"], sparse.BCOO.fromdense(jnp.zeros((ROWS, 60))))
     batched = sparse.BCOO.fromdense(jnp.zeros((ROWS, 61)), n_batch=1)
     with pytest.raises(ValueError, match="no batch or dense dimensions"):
@@ -177,7 +178,8 @@ def _temporaries(function, *args, donate=()) -> int:
 def test_no_kernel_sized_temporaries_at_any_label_count_in_either_layout(classes):
     """The gradient of the fused loss and the donated Adam step (64 rows, 32 features, positives, chunks of 512
     classes): temporaries below an eighth of the kernel at a prime C as at a power of two, and ``out_in`` within
-    four kernel chunks of ``in_out`` (no transposed copy; bench/fused.py measures the ratio at real sizes). Before
+    eight kernel chunks of ``in_out`` (no transposed copy; with one group of classes, equal; bench/fused.py
+    measures the ratio at real sizes). Before
     the partial last chunk, a prime C padded a copy of every class-sized array."""
     rows, dim = 64, 32
     kernel_bytes = dim * classes * 4
@@ -209,8 +211,11 @@ def test_no_kernel_sized_temporaries_at_any_label_count_in_either_layout(classes
     for gradient, update in temporaries.values():
         assert gradient < kernel_bytes / 8, temporaries
         assert update < kernel_bytes / 8, temporaries
+    # Several groups of classes (the 8-device session's layout inside jit): XLA relays out each (groups, width, D)
+    # chunk for its matmuls, a few chunk-sized arrays; one group: the same temporaries as (D, C).
+    chunks = 8 if jax.device_count() > 1 and math.gcd(classes, jax.device_count()) > 1 else 0
     for in_out, out_in in zip(temporaries["in_out"], temporaries["out_in"], strict=True):
-        assert out_in < in_out + 4 * dim * 512 * 4, temporaries
+        assert out_in <= in_out + chunks * dim * 512 * 4, temporaries
 
 
 def test_bcoo_labels_are_never_densified():

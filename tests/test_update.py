@@ -252,8 +252,10 @@ def test_argument_errors():
         update(features, params, state, labels, reduction="none", optimizer=optimizer)
     with pytest.raises(ValueError, match=r'params must be \{"kernel"'):
         update(features, {"w": params["kernel"]}, state, labels, optimizer=optimizer)
-    with pytest.raises(TypeError, match=r"optimizer\.update fails on params and opt_state"):
+    with pytest.raises(TypeError, match=r"opt_state does not match optimizer\.init\(params\)"):
         update(features, params, (jnp.zeros(3),), labels, optimizer=optimizer)
+    with pytest.raises(TypeError, match=r"update\(\): opt_state does not match optimizer\.init\(params\)"):
+        update(features, params, optax.sgd(0.1).init(params), labels, optimizer=optax.adam(1e-3))
     broadcast = {"kernel": jnp.zeros((D, C)), "bias": jnp.zeros(1)}  # a state that broadcasts: not elementwise
     with pytest.raises(TypeError, match=r"not elementwise \(it applies add on arrays of shapes \(40,\), \(1,\)\)"):
         update(features, params, (optax.TraceState(trace=broadcast), optax.EmptyState()), labels, optimizer=momentum)
@@ -268,7 +270,7 @@ def test_argument_errors():
             update(features, params, state, labels, optimizer=optimizer_value)
     with pytest.raises(ValueError, match=r'update\(\): params must be \{"kernel".*got NoneType'):
         update(features, None, state, labels, optimizer=optimizer)
-    with pytest.raises(TypeError, match=r"update\(\): optimizer\.update fails on params and opt_state"):
+    with pytest.raises(TypeError, match=r"update\(\): opt_state does not match optimizer\.init\(params\)"):
         update(features, params, None, labels, optimizer=momentum)
     with pytest.raises(TypeError, match="optimizer is a static option"):
         jax.jit(lambda lr: update(features, params, state, labels, optimizer=lr))(0.1)

@@ -22,7 +22,7 @@ from jaxbce._update import linear_binary_cross_entropy_update
 from jaxbce._value_checks import checked, value_checks
 from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "asymmetric_loss",

@@ -187,24 +187,24 @@ def from_chunks(array: jax.Array, layout: Layout, axis: int = -1) -> jax.Array:
 
 
 def take(array: jax.Array | None, j: jax.Array, layout: Layout, axis: int = -1) -> jax.Array | None:
-    """Step ``j``'s positions of an array laid out by ``by_chunk`` (``axis`` its position axis), with the group
-    axis before it."""
+    """Step ``j``'s positions of an array laid out by ``by_chunk`` (``axis`` its position axis; the group axis,
+    where there are several groups, is before it)."""
     if array is None:
         return None
-    chunk = jax.lax.dynamic_slice_in_dim(array, layout.start(j), layout.width, axis=axis)
-    return jnp.expand_dims(chunk, axis - 1) if layout.groups == 1 else chunk
+    return jax.lax.dynamic_slice_in_dim(array, layout.start(j), layout.width, axis=axis)
 
 
 def put(array: jax.Array, chunk: jax.Array, j: jax.Array, layout: Layout, axis: int = -1) -> jax.Array:
     """``array`` with step ``j``'s positions replaced by ``chunk`` (in place inside the loop), except those that
-    the step before wrote (the overlap of the last step), which keep their values."""
-    chunk = chunk.astype(array.dtype)
+    the step before wrote (the overlap of the last step), which keep their values. ``chunk`` has the shape that
+    :func:`take` gives, or its group and position axes as one (the chunk's classes, as the loss forms them)."""
+    shape = [*array.shape]
+    shape[axis] = layout.width
+    chunk = chunk.reshape(shape).astype(array.dtype)
     if layout.overlaps:
-        shape = [1] * chunk.ndim
-        shape[axis] = layout.width
-        chunk = jnp.where(layout.fresh(j).reshape(shape), chunk, take(array, j, layout, axis))
-    if layout.groups == 1:
-        chunk = jnp.squeeze(chunk, axis - 1)
+        mask = [1] * chunk.ndim
+        mask[axis] = layout.width
+        chunk = jnp.where(layout.fresh(j).reshape(mask), chunk, take(array, j, layout, axis))
     return jax.lax.dynamic_update_slice_in_dim(array, chunk, layout.start(j), axis=axis)
 
 
@@ -213,18 +213,43 @@ def _dot(config: Config, a: jax.Array, b: jax.Array, contract: tuple[tuple[int, 
     return jax.lax.dot_general(a, b, dimensions, precision=config.precision, preferred_element_type=config.dtype)
 
 
+# Why the chunk's classes are one axis, (N, groups * width), between the matmuls, and why one group has no
+# group axis at all. The loss and its gradient are elementwise and their layout is free; arrays with a size-1
+# axis, (N, 1, width) on one device, get a layout of their own from XLA, which then copies chunk-sized arrays
+# between the operations.
+def _flat(array: jax.Array | None, layout: Layout) -> jax.Array | None:
+    """``(..., groups, width)`` as ``(..., groups * width)`` (one group: as it is)."""
+    if array is None or layout.groups == 1:
+        return array
+    return array.reshape(*array.shape[:-2], -1)
+
+
+def _grouped(array: jax.Array, layout: Layout) -> jax.Array:
+    """``(..., groups * width)`` as ``(..., groups, width)`` (one group: as it is)."""
+    return array if layout.groups == 1 else array.reshape(*array.shape[:-1], layout.groups, layout.width)
+
+
+def _class_axes(config: Config, kernel: jax.Array) -> tuple[int, ...]:
+    """The axes of a kernel chunk that hold its classes (group and position, or the position alone)."""
+    count = kernel.ndim - 1
+    return tuple(range(1, 1 + count)) if config.kernel_axis == -1 else tuple(range(count))
+
+
 def chunk_logits(config: Config, features: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``(N, groups, width)`` logits of a kernel chunk ``(D, groups, width)`` or ``(groups, width, D)``."""
-    return _dot(config, features, kernel, ((1,), (0,) if config.kernel_axis == -1 else (2,)))
+    """``(N, groups * width)`` logits of a kernel chunk (``(D, [groups,] width)`` or ``([groups,] width, D)``)."""
+    feature_axis = 0 if config.kernel_axis == -1 else kernel.ndim - 1
+    return _flat(_dot(config, features, kernel, ((1,), (feature_axis,))), config.layout)
 
 
 def features_gradient(config: Config, d_logits: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``(N, D)``: ``d_logits @ kernel_chunk.T``."""
-    return _dot(config, d_logits, kernel, ((1, 2), (1, 2) if config.kernel_axis == -1 else (0, 1)))
+    """``(N, D)``: ``d_logits @ kernel_chunk.T`` for ``d_logits`` ``(N, groups * width)``."""
+    d_logits = _grouped(d_logits, config.layout)
+    return _dot(config, d_logits, kernel, (tuple(range(1, d_logits.ndim)), _class_axes(config, kernel)))
 
 
 def kernel_gradient(config: Config, features: jax.Array, d_logits: jax.Array) -> jax.Array:
-    """``features.T @ d_logits`` in the kernel's layout: ``(D, groups, width)`` or ``(groups, width, D)``."""
+    """``features.T @ d_logits`` in the kernel chunk's layout."""
+    d_logits = _grouped(d_logits, config.layout)
     if config.kernel_axis == -1:
         return _dot(config, features, d_logits, ((0,), (0,)))
     return _dot(config, d_logits, features, ((0,), (0,)))
@@ -240,13 +265,13 @@ def _position_in_chunk(classes: jax.Array, j: jax.Array, layout: Layout) -> jax.
 
 
 def _chunk_labels(targets: Targets, rows: int, j: jax.Array, config: Config) -> tuple[jax.Array, jax.Array | None]:
-    """The labels of step ``j`` ``(N, groups, width)`` and, with ``ignore_label``, which of them are known (None:
+    """The labels of step ``j`` ``(N, groups * width)`` and, with ``ignore_label``, which of them are known (None:
     all)."""
     layout = config.layout
     if targets.labels is not None:
-        labels = take(targets.labels, j, layout)
+        labels = _flat(take(targets.labels, j, layout), layout)
         known = None if config.ignore_label is None else labels != config.ignore_label
-        keep = both(None if targets.keep is None else targets.keep[:, None, None], known)
+        keep = both(None if targets.keep is None else targets.keep[:, None], known)
         labels = labels.astype(config.dtype)
         # Masked rows may hold NaN labels (padding), ignored elements their ignore label; the core sees 0 there,
         # as in the elementwise losses.
@@ -266,7 +291,7 @@ def _chunk_labels(targets: Targets, rows: int, j: jax.Array, config: Config) -> 
         labels = jnp.zeros((rows, layout.chunk), config.dtype).at[row, index].add(values, mode="drop")
         if targets.keep is not None:  # masked rows may hold NaN values
             labels = jnp.where(targets.keep[:, None], labels, 0)
-    return labels.reshape(rows, layout.groups, layout.width), None
+    return labels, None
 
 
 def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
@@ -275,7 +300,7 @@ def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
 
 
 class _Chunk(NamedTuple):
-    """Step ``j``'s inputs to the elementwise core, each ``(N, groups, width)`` or broadcasting to it."""
+    """Step ``j``'s inputs to the elementwise core, each ``(N, groups * width)`` or broadcasting to it."""
 
     logits: jax.Array
     labels: jax.Array
@@ -288,11 +313,13 @@ def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config
     layout = config.layout
     logits = chunk_logits(config, parameters.features, take(parameters.kernel, j, layout, config.kernel_axis))
     if parameters.bias is not None:
-        logits = logits + take(parameters.bias, j, layout).astype(config.dtype)
-    pos_weight, weight = take(parameters.pos_weight, j, layout), take(parameters.weight, j, layout)
+        logits = logits + _flat(take(parameters.bias, j, layout), layout).astype(config.dtype)
+    pos_weight, weight = (_flat(take(a, j, layout), layout) for a in (parameters.pos_weight, parameters.weight))
     pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
     labels, known = _chunk_labels(targets, parameters.features.shape[0], j, config)
-    valid = both(both(layout.fresh(j), known), take(targets.classes_kept, j, layout))
+    fresh = layout.fresh(j)
+    fresh = None if fresh is None else jnp.tile(fresh, layout.groups)
+    valid = both(both(fresh, known), _flat(take(targets.classes_kept, j, layout), layout))
     return _Chunk(logits, labels, pos_weight, weight, valid)
 
 
@@ -304,7 +331,7 @@ def _elementwise_loss(config: Config, chunk: _Chunk) -> jax.Array:
 
 
 def _row_sums(loss: jax.Array) -> jax.Array:
-    return loss.sum(axis=(-2, -1))
+    return loss.sum(axis=-1)
 
 
 def zeros(shape, dtype, *inputs) -> jax.Array:
@@ -340,7 +367,7 @@ def _chunk_gradients(config: Config, parameters: Parameters, targets: Targets, r
 
     def scaled_sum(x, pw, w):
         loss = _elementwise_loss(config, chunk._replace(logits=x, pos_weight=pw, weight=w))
-        return jnp.sum(row_scale[:, None, None] * loss), _row_sums(loss)
+        return jnp.sum(row_scale[:, None] * loss), _row_sums(loss)
 
     total, pullback, chunk_rows = jax.vjp(scaled_sum, chunk.logits, chunk.pos_weight, chunk.weight, has_aux=True)
     return (*pullback(jnp.ones_like(total)), chunk_rows)
@@ -466,7 +493,8 @@ def row_losses_and_updates(
             current = parameters._replace(kernel=head.kernel, bias=head.bias)
             d_logits, _, _, chunk_rows = _chunk_gradients(config, current, targets, row_scale, j)
             d_features = d_features + features_gradient(config, d_logits, old.kernel)
-            new = update(j, kernel_gradient(config, features, d_logits), d_logits.sum(axis=0), old)
+            bias_gradient = _grouped(d_logits.sum(axis=0), layout)
+            new = update(j, kernel_gradient(config, features, d_logits), bias_gradient, old)
             return rows + chunk_rows, d_features, stored, new
 
         initial = (

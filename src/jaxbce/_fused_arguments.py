@@ -94,8 +94,8 @@ def _sparse_entries(function: str, labels: sparse.BCOO, logits_shape: tuple[int,
     batch; an entry out of range gets the row ``rows`` (dropped)."""
     if labels.n_batch or labels.n_dense or tuple(labels.shape) != logits_shape:
         raise ValueError(
-            f"{function}: labels as a BCOO must have shape features.shape[:-1] + (C,) = {logits_shape}, with no batch or dense "
-            f"dimensions (jax.experimental.sparse.BCOO.fromdense or BCOO.from_scipy_sparse), got shape "
+            f"{function}: labels as a BCOO must have shape features.shape[:-1] + (C,) = {logits_shape}, with no batch "
+            "or dense dimensions (jax.experimental.sparse.BCOO.fromdense or BCOO.from_scipy_sparse), got shape "
             f"{tuple(labels.shape)} with n_batch={labels.n_batch}, n_dense={labels.n_dense}"
         )
     values = checked_array("labels", labels.data, Role.LABELS)

@@ -214,7 +214,9 @@ def linear_binary_cross_entropy(
 
     Returns:
       The loss in the promoted dtype of ``features`` and ``kernel``: a scalar, or ``features.shape[:-1]`` for
-      ``"none"``.
+      ``"none"``. It is computed in float32 and rounded to that dtype, so bfloat16 features with a bfloat16
+      kernel give a bfloat16 loss (three significant digits: 75.88 comes back as 76.0); for a loss to log, pass
+      float32 features (the matmuls then promote, and the kernel stays bfloat16).
 
     Gradients: reverse mode (``jax.grad``, ``jax.vjp``) in ``features``, ``kernel``, ``bias``, ``pos_weight``
     and ``weight``, equal to the materialised computation's to float32 summation-order rounding; they are

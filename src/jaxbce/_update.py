@@ -299,7 +299,9 @@ def linear_binary_cross_entropy_update(
       and ``opt_state`` those of ``optax.apply_updates(params, updates)`` and ``optimizer.update(grads,
       opt_state, params)`` for its gradient ``grads`` (to float32 rounding; tests/test_update.py). Scalar state
       (Adam's count, a schedule's step) advances once per call. The parameters and state keep their dtypes;
-      with ``key`` their 16-bit arrays are the float32 step's rounded stochastically.
+      with ``key`` their 16-bit arrays are the float32 step's rounded stochastically. The loss is in the promoted
+      dtype of ``features`` and the kernel, as for :func:`linear_binary_cross_entropy`: bfloat16 for bfloat16
+      features and a bfloat16 head (pass float32 features for a loss to log).
 
     Raises:
       TypeError: an optimizer whose update is not elementwise; an ``opt_state`` leaf that is neither a scalar
