@@ -8,7 +8,8 @@ near 0 and through both tails) and the labels {0, 1, 1e-3, 0.05, 0.3, 0.5, 0.7, 
 the largest error of the loss (relative), of the logits gradient for hard labels (relative) and for soft labels
 (relative to max(|grad|, sigmoid(x), |y|), as the contract measures it), and the number of non-finite results
 where the reference is finite. Errors below the smallest normal number are not counted. Prints a table and
-writes bench/results/accuracy.json.
+writes bench/results/accuracy.json; ``--keep-missing-peers`` keeps the previous file's rows of the peers that are
+not installed, and names them.
 """
 
 import datetime
@@ -341,9 +342,38 @@ def main():
     backend = jax.default_backend()
     out = ROOT / "bench" / "results" / ("accuracy.json" if backend == "cpu" else f"accuracy-{backend}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "--keep-missing-peers" in sys.argv[1:] and out.exists():
+        _keep_missing_peers(results, json.loads(out.read_text()))
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
     print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def _keep_missing_peers(results: dict, previous: dict) -> None:
+    """``--keep-missing-peers``: the previous run's rows of the implementations that are not installed here
+    (PyTorch, torchvision and timm need a torch build of their own), kept beside this run's rows and named in
+    ``results["rows kept from the previous run"]`` with that run's date and versions. Their inputs and references
+    are the same; only jaxbce and the installed peers are measured anew."""
+    kept = set()
+
+    def merge(new, old):
+        for key, value in old.items():
+            if key not in new and key != "settings" and isinstance(value, dict) and "loss" in value:
+                new[key] = value
+                kept.add(key)
+            elif isinstance(value, dict) and isinstance(new.get(key), dict):
+                merge(new[key], value)
+
+    for name in results:
+        if isinstance(results[name], dict) and isinstance(previous.get(name), dict) and name != "versions":
+            merge(results[name], previous[name])
+    if kept:
+        results["rows kept from the previous run"] = {
+            "implementations": sorted(kept),
+            "date": previous["date"],
+            "versions": {k: v for k, v in previous["versions"].items() if k not in results["versions"]},
+        }
+        results["versions"] = {**previous["versions"], **results["versions"]}
 
 
 def print_tables(results):

@@ -73,10 +73,11 @@ def two_product(a: jax.Array, b: jax.Array) -> Pair:
     a = jnp.where(small & a_first, a * scale, a)
     b = jnp.where(small & ~a_first, b * scale, b)
     # A factor within 2**-(p/2) of the largest float has a high half that rounds up to inf: it is split after
-    # dividing it by 4 and multiplying the other by 4 (exact, and the other is below 4 where the product is
-    # finite), which leaves the product and its error unchanged.
+    # multiplying it by 1/4 and the other by 4 (exact, and the other is below 4 where the product is finite),
+    # which leaves the product and its error unchanged.
     a_big, b_big = jnp.abs(a) > info.max / 4, jnp.abs(b) > info.max / 4
-    a, b = jnp.where(a_big, a / 4, jnp.where(b_big, a * 4, a)), jnp.where(a_big, b * 4, jnp.where(b_big, b / 4, b))
+    a = jnp.where(a_big, a * 0.25, jnp.where(b_big, a * 4, a))
+    b = jnp.where(a_big, b * 4, jnp.where(b_big, b * 0.25, b))
     a_hi, a_lo = _split(a)
     b_hi, b_lo = _split(b)
     error = ((a_hi * b_hi - jnp.where(small, hi * scale, hi)) + (a_hi * b_lo + a_lo * b_hi)) + a_lo * b_lo

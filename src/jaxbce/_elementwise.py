@@ -273,14 +273,16 @@ def _binary_kl_divergence_partials(x, t):
         return jnp.where((x == t) & jnp.isinf(x), 0, jnp.where(x > t, above, below))
 
     def d_target_logits():
-        # -sigmoid(t) sigmoid(-t) (x - t) = -sigmoid(-|t|) * (sigmoid(|t|) (x - t)), the product with sigmoid(-|t|)
-        # rounded once: sigmoid(-|t|) alone is subnormal (and flushed to 0) for |t| > 87 in float32 while the
-        # derivative is not (x = 3e38, t = -95: -1.66e-3). The derivative is 0 at t = +-inf, and where x - t
-        # overflows (|t| > max / 2, where sigmoid(-|t|) is 0 in any format); x - t is NaN at infinite x == t.
-        nt = neg_abs(t)
-        d = x - t
-        zero = jnp.isinf(t) | (jnp.isinf(d) & jnp.isfinite(x))
-        d = jnp.where(zero, 0, d)
-        return -sigmoid_nonpositive(nt, d * (1 - sigmoid_nonpositive(nt)))
+        # -sigmoid(t) sigmoid(-t) (x - t). In the tail of t, sigmoid(|t|) is 1 to rounding and the derivative is
+        # -(x - t) sigmoid(-|t|), formed with its coefficient and rounded once: sigmoid(-|t|) alone is subnormal
+        # (and flushed to 0) for |t| > 87 in float32 while the derivative is not (x = 3e38, t = -95: -1.66e-3).
+        # There x - t overflows only where |t| > max / 2, where the derivative is 0 (an infinite x stays inf).
+        # Elsewhere the product of the two sigmoids, each exact to rounding. x - t is NaN at infinite x == t.
+        d = jnp.where((x == t) & jnp.isinf(x), 0, x - t)
+        tail = in_tail(neg_abs(t)) & jnp.isfinite(t)
+        sigmoid_t, sigmoid_minus_t = sigmoids(t)
+        near = -weighted(sigmoid_t * sigmoid_minus_t, jnp.where(tail, 0, d))
+        far = -sigmoid_nonpositive(neg_abs(t), jnp.where(tail & (jnp.isfinite(d) | jnp.isinf(x)), d, 0))
+        return jnp.where(tail, far, near)
 
     return d_logits, d_target_logits
