@@ -83,7 +83,7 @@ def with_auto_axes(fn: Callable[..., T], *args, out_spec: tuple = (), out_specs=
     Why. The fused losses visit the classes (or texts) in chunks: a loop that slices the class axis and
     carries gradients across steps. Sharding-in-types rejects a dynamic slice of a sharded dimension, while
     GSPMD, given the same arrays as Auto axes, partitions each chunk across the class shards without moving
-    the kernel (the strided layout of ``_linear``). So under Explicit axes the loop runs as under Auto axes,
+    the kernel (the groups of classes of ``_chunks``). So under Explicit axes the loop runs as under Auto axes,
     with the inputs' shardings as its starting point.
     """
     explicit = [leaf for leaf in jax.tree.leaves(args) if explicit_spec(leaf) is not None]
