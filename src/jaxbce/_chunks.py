@@ -98,14 +98,19 @@ def choose_layout(classes, rows: int, chunk_size: int | None, groups: int) -> La
     return Layout(classes, groups, width, -(-group_size // width))
 
 
-def class_groups(function: str, classes, chunk_size: int | None, shards: int | None, possible: int) -> int:
-    """The ``groups`` of the layout: the class shards where they are known (``shards``), else the largest
-    number of shards that the class axis could be split into (``gcd(C, possible)``, ``possible`` the devices
-    that could hold them). An explicit ``chunk_size`` that is not a multiple is a ``ValueError``: its steps
-    could not take the same number of classes from every shard."""
+def groups_of(classes, shards: int | None, possible: int) -> int:
+    """The ``groups`` of the layout: the class shards where they are known (``shards``), else the largest number
+    of shards that the class axis could be split into (``gcd(C, possible)``, ``possible`` the devices that could
+    hold them); one for a symbolic C."""
     if not isinstance(classes, int):
         return 1
-    groups = shards if shards is not None else math.gcd(classes, possible)
+    return shards if shards is not None else math.gcd(classes, possible)
+
+
+def class_groups(function: str, classes, chunk_size: int | None, shards: int | None, possible: int) -> int:
+    """:func:`groups_of`, for a chunk the caller chose: an explicit ``chunk_size`` that is not a multiple of the
+    groups is a ``ValueError``: its steps could not take the same number of classes from every shard."""
+    groups = groups_of(classes, shards, possible)
     if chunk_size is not None and chunk_size % groups:
         where = (
             f"the kernel's {classes} classes are sharded over {groups} devices"
@@ -224,6 +229,11 @@ def _flat(array: jax.Array | None, layout: Layout) -> jax.Array | None:
     return array.reshape(*array.shape[:-2], -1)
 
 
+def _take_flat(array: jax.Array | None, j: jax.Array, layout: Layout) -> jax.Array | None:
+    """Step ``j``'s positions of a class-last array, its classes on one axis."""
+    return _flat(take(array, j, layout), layout)
+
+
 def _grouped(array: jax.Array, layout: Layout) -> jax.Array:
     """``(..., groups * width)`` as ``(..., groups, width)`` (one group: as it is)."""
     return array if layout.groups == 1 else array.reshape(*array.shape[:-1], layout.groups, layout.width)
@@ -269,7 +279,7 @@ def _chunk_labels(targets: Targets, rows: int, j: jax.Array, config: Config) -> 
     all)."""
     layout = config.layout
     if targets.labels is not None:
-        labels = _flat(take(targets.labels, j, layout), layout)
+        labels = _take_flat(targets.labels, j, layout)
         known = None if config.ignore_label is None else labels != config.ignore_label
         keep = both(None if targets.keep is None else targets.keep[:, None], known)
         labels = labels.astype(config.dtype)
@@ -313,13 +323,13 @@ def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config
     layout = config.layout
     logits = chunk_logits(config, parameters.features, take(parameters.kernel, j, layout, config.kernel_axis))
     if parameters.bias is not None:
-        logits = logits + _flat(take(parameters.bias, j, layout), layout).astype(config.dtype)
-    pos_weight, weight = (_flat(take(a, j, layout), layout) for a in (parameters.pos_weight, parameters.weight))
+        logits = logits + _take_flat(parameters.bias, j, layout).astype(config.dtype)
+    pos_weight, weight = (_take_flat(a, j, layout) for a in (parameters.pos_weight, parameters.weight))
     pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
     labels, known = _chunk_labels(targets, parameters.features.shape[0], j, config)
     fresh = layout.fresh(j)
     fresh = None if fresh is None else jnp.tile(fresh, layout.groups)
-    valid = both(both(fresh, known), _flat(take(targets.classes_kept, j, layout), layout))
+    valid = both(both(fresh, known), _take_flat(targets.classes_kept, j, layout))
     return _Chunk(logits, labels, pos_weight, weight, valid)
 
 

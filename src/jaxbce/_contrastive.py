@@ -32,7 +32,6 @@ the ``custom_vjp`` gave the embeddings ``1/n`` of their gradient under ``check_v
 """
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -324,9 +323,8 @@ def sigmoid_contrastive_loss(
     if isinstance(batch, int):  # else a symbolic B (jax.export): blocks of the static size, the last padded
         rows = max(min(rows, batch), 1)
     text_groups = 1
-    if axis_name is None and isinstance(batch, int):
-        shards = shards_along(texts, 0)
-        text_groups = shards if shards is not None else math.gcd(batch, devices_that_could_shard())
+    if axis_name is None:
+        text_groups = _chunks.groups_of(batch, shards_along(texts, 0), devices_that_could_shard())
     config = _Config(rows, chunk_size, text_groups, precision, dtype, axis_name)
     scale, bias = scale.astype(dtype), bias.astype(dtype)
     if axis_name is None:

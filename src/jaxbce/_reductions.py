@@ -158,12 +158,11 @@ def normalize(total, shape, axes, reduction, keep, weight) -> jax.Array:
     """``total`` (the sum over ``axes`` of terms of shape ``shape``) divided as ``reduction`` says. For
     ``"weighted_mean"`` the divisor is differentiated (in the weight) by :func:`_quotient`, and a zero total weight
     gives 0 with zero gradient in every argument, the weight included."""
-    count = denominator(reduction, shape, axes, keep, weight, total.dtype)
     if reduction != "weighted_mean" or weight is None:
-        return total / count
-    # count is the total weight where it is not 0, and 1 where it is (denominator never returns 0).
-    nothing = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=total.dtype) == 0
-    return jnp.where(nothing, 0, _quotient(total, count))
+        return total / denominator(reduction, shape, axes, keep, weight, total.dtype)
+    total_weight = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=total.dtype)  # masked weights are 0
+    nothing = total_weight == 0
+    return jnp.where(nothing, 0, _quotient(total, jnp.where(nothing, 1, total_weight)))
 
 
 @jax.custom_jvp
@@ -187,9 +186,10 @@ def _quotient_jvp(primals, tangents):
 
 def denominator(reduction, shape, axes, keep, weight, dtype) -> jax.Array:
     """What ``reduction`` divides a sum over ``axes`` by, for terms of shape ``shape`` masked by ``keep`` (None:
-    all kept; it broadcasts to ``shape``): 1 for ``"sum"``, the kept elements for ``"mean"``, the kept weight for
-    ``"weighted_mean"``, and for ``"batchmean"`` the examples along the leading axis that keep at least one
-    element. Never 0: a mean over nothing (no kept element, or zero total weight) is 0 with zero gradient."""
+    all kept; it broadcasts to ``shape``): 1 for ``"sum"``, the kept elements for ``"mean"`` (and for
+    ``"weighted_mean"`` without a weight; with one, :func:`normalize` divides by the kept weight itself), and for
+    ``"batchmean"`` the examples along the leading axis that keep at least one element. Never 0: a mean over
+    nothing is 0 with zero gradient."""
     if reduction == "sum":
         return jnp.ones((), dtype)
     if reduction == "batchmean":
@@ -199,8 +199,6 @@ def denominator(reduction, shape, axes, keep, weight, dtype) -> jax.Array:
             keep = _aligned(keep, shape)
             kept = jnp.any(keep, axis=tuple(range(1, len(shape))))
             count = jnp.sum(kept, dtype=dtype) * (shape[0] if keep.shape[0] == 1 else 1)
-    elif reduction == "weighted_mean" and weight is not None:
-        count = jnp.sum(jnp.broadcast_to(weight, shape), axis=axes, dtype=dtype)
     else:
         count = _count(keep, shape, axes, dtype)
     return jnp.where(count == 0, 1, count)
