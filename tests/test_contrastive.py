@@ -2,7 +2,6 @@
 in both embeddings, logit_scale and logit_bias), on one device in chunks and as a ppermute ring over 8 host
 devices and over 2 processes; never the B x B logits (compiled memory) and no all-gather (optimised HLO)."""
 
-import pathlib
 import re
 
 import jax
@@ -14,11 +13,11 @@ from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
 import devices
+import doc_blocks
 import jaxbce
 from jax_compat import enable_x64, set_mesh
 from materialised import dense_siglip
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGNUMS = (0, 1, 2, 3)
 
 
@@ -208,11 +207,7 @@ def test_forward_mode_is_a_clear_error():
 
 def test_the_train_step_in_the_scaling_docs_runs():
     """docs/scaling.md's shard_map train step, executed as written (8 host devices)."""
-    text = (ROOT / "docs" / "scaling.md").read_text()
-    section = text[text.index("## SigLIP across devices") :]
-    code = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
-    namespace: dict = {}
-    exec(compile(code, "docs/scaling.md", "exec"), namespace)
+    namespace = doc_blocks.run("docs/scaling.md", "## SigLIP across devices")
     params, where = namespace["params"], np.asarray(namespace["where"])
     arrays = [np.asarray(namespace[name]) for name in ("images", "texts")]
     x, z = namespace["towers"](params, *arrays)  # after one step: the loss again, against the dense form

@@ -1,28 +1,18 @@
 """The framework recipes of docs/migration.md (Keras 3, Flax NNX value checks, Equinox, the fused classifier update
 in Flax NNX and in Equinox), executed as written, and what they promise checked."""
 
-import pathlib
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import doc_blocks
 
 
 def _section(title: str) -> dict:
     """Runs the python blocks of the migration guide's section ``title`` in one namespace."""
-    text = (ROOT / "docs" / "migration.md").read_text()
-    start = text.index(f"## {title}")
-    end = text.find("\n## ", start + 1)
-    blocks = re.findall(r"```python\n(.*?)\n```", text[start : None if end < 0 else end], flags=re.DOTALL)
-    assert blocks, title
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, f"docs/migration.md ({title})", "exec"), namespace)
-    return namespace
+    return doc_blocks.run("docs/migration.md", f"## {title}")
 
 
 def test_keras_recipe_compiles_fits_and_reloads_in_a_new_process(tmp_path, monkeypatch):
@@ -31,8 +21,7 @@ def test_keras_recipe_compiles_fits_and_reloads_in_a_new_process(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     n = _section("Keras 3")
     assert np.isfinite(n["keras_loss"])
-    text = (ROOT / "docs" / "migration.md").read_text()
-    reload = re.findall(r"```python\n(.*?)\n```", text[text.index("## Keras 3") :], flags=re.DOTALL)[1]
+    reload = doc_blocks.blocks("docs/migration.md", "## Keras 3")[1]
     check = "\nassert type(reloaded.loss).__name__ == 'BinaryCrossentropy', reloaded.loss"
     subprocess.run([sys.executable, "-c", reload + check], cwd=tmp_path, check=True, capture_output=True)
     unregistered = reload.replace("import jaxbce.keras", "")
@@ -47,7 +36,7 @@ def test_nnx_recipe_reports_the_bad_label_and_keeps_the_model_usable():
 
     import jaxbce
 
-    n = _section("Flax NNX")
+    n = _section("Flax NNX: value checks")
     assert n["message"].startswith("labels must be in [0, 1]; got 2.0 at index [0 2]")
     good = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     error, loss = n["checked_step"](n["model"], n["optimizer"], n["x"], good)  # the model is still usable

@@ -3,7 +3,6 @@
 The session has 8 CPU devices (tests/conftest.py); on a GPU or TPU host the same tests use its devices.
 """
 
-import pathlib
 import re
 
 import jax
@@ -15,12 +14,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
+import doc_blocks
 import jaxbce
 from jax_compat import set_mesh
 from jaxbce._arguments import Role
 from loss_table import LOSSES
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, CLASSES = 16, 8
 # Large enough for the fused CPU sum of binary_cross_entropy_with_logits (_reductions.FUSIBLE_MIN_ELEMENTS).
 FUSED_SHAPE = (64, 128)
@@ -289,14 +288,8 @@ def test_every_loss_in_every_sharding_mode(name, mode, layout):
 def test_every_example_in_the_scaling_docs_runs():
     """docs/scaling.md's examples before the SigLIP section, executed in order as written (the SigLIP train step
     runs in tests/test_contrastive.py), then checked against one device."""
-    text = (ROOT / "docs" / "scaling.md").read_text()
-    text = text[: text.index("## SigLIP across devices")]
-    blocks = re.findall(r"```python\n(.*?)\n```", text, flags=re.DOTALL)
-    assert len(blocks) == 5, len(blocks)
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/scaling.md", "exec"), namespace)
-    n = namespace
+    assert len(doc_blocks.blocks("docs/scaling.md", end="## SigLIP across devices")) == 5
+    n = doc_blocks.run("docs/scaling.md", end="## SigLIP across devices")
     logits, labels, mask, pos_weight = n["logits"], n["labels"], n["mask"], n["pos_weight"]
     expected, expected_grad = jax.value_and_grad(jaxbce.binary_cross_entropy_with_logits)(
         logits, labels, pos_weight=pos_weight, where=mask
