@@ -27,7 +27,6 @@ settings.load_profile("ci")
 # The longest tests (measured with --durations), run first: pytest-xdist hands tests to its two workers in order,
 # and one of these started last would keep a worker busy for a minute after the other has finished.
 _LONGEST_FIRST = (
-    "test_transformations.py::test_every_subset_and_pattern_equals_the_materialised_loss",
     "test_notebooks.py::test_notebook_executes",
     "test_properties.py::",
     "test_packaging.py::",

@@ -1,14 +1,25 @@
-"""High-precision reference values (mpmath, 50 significant digits) for the jaxbce losses.
+"""The references the tests compare jaxbce with, in one module:
 
-Every function takes the exact values of the floating-point inputs (float32 or float64 numbers, converted
+- high-precision values (mpmath, 50 significant digits) for the accuracy tests and ``bench/accuracy.py``;
+- float64 closed forms (NumPy and scipy.special, written independently of the package) for the property tests'
+  many points and for the fused loss's gradients;
+- the materialised computations that the fused losses are defined to equal (the contract's definitions).
+
+The mpmath functions take the exact values of the floating-point inputs (float32 or float64 numbers, converted
 without rounding) and returns float64 arrays of the mathematically exact results rounded once, together with
 the scale that the contract measures errors against. Used by the accuracy tests and by ``bench/accuracy.py``.
 """
 
 import functools
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import mpmath
 import numpy as np
+import scipy.special
+
+import jaxbce
 
 mpmath.mp.dps = 50
 _mpf = mpmath.mpf
@@ -264,3 +275,159 @@ def derivative(name, arrays, argnum, order, options):
             step = _mpf(10) ** -400
             return +mpmath.diff(along, point, order, h=step, direction=1 if point == 0 else -1)
     return mpmath.diff(along, point, order)
+
+
+# float64 closed forms.
+
+
+def _softplus(x):
+    return -scipy.special.log_expit(-x)
+
+
+def _sigmoid(x):
+    return scipy.special.expit(x)  # exact to an ulp in float64; exp(-softplus(-x)) would lose |x| * eps
+
+
+class Float64Reference(NamedTuple):
+    loss: np.ndarray
+    grad: np.ndarray  # in the first argument
+    grad_size: np.ndarray  # the size of the gradient's terms, which its error is measured against
+    loss_size: np.ndarray  # the size of the loss's terms (|loss| unless a negative Poly-1 term cancels)
+    loss_floor: np.ndarray | float  # the reference's own error where its form cancels (KL)
+
+
+def float64_loss_and_gradient(name, options, x, y, weight, pos_weight) -> Float64Reference:
+    """The float64 elementwise loss and its derivative in the first argument, before the mask, with the sizes that
+    their errors are measured against. For the property tests' many points, where mpmath would be slow."""
+    options = dict(options)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    s = options.get("label_smoothing", 0.0)
+    ys = y * (1 - s) + s / 2
+    poly = d_poly = 0.0
+    loss_floor = 0.0
+    if name in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss"):
+        # Poly-1 (Leng et al.): eps (1 - p_t)**(gamma + 1), gamma = 0 for the BCE; not scaled by pos_weight or alpha_t.
+        q = ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
+        dq = (1 - 2 * ys) * _sigmoid(x) * _sigmoid(-x)
+        epsilon, power = options.get("poly_epsilon", 0.0), options.get("gamma", 0.0) + 1
+        poly, d_poly = epsilon * q**power, epsilon * power * q ** (power - 1) * dq
+    if name == "binary_cross_entropy_with_logits":
+        loss = pos_weight * ys * _softplus(-x) + (1 - ys) * _softplus(x)
+        grad = (1 - ys) * _sigmoid(x) - pos_weight * ys * _sigmoid(-x)
+        size = pos_weight * ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
+    elif name == "binary_cross_entropy":
+        with np.errstate(divide="ignore"):
+            log_p, log_not_p = np.maximum(np.log(x), -100), np.maximum(np.log1p(-x), -100)
+        loss = -(pos_weight * ys * log_p + (1 - ys) * log_not_p)
+        # PyTorch's gradient: the denominator p (1 - p) floored at 1e-12.
+        floor = np.maximum(x * (1 - x), 1e-12)
+        positive, negative = pos_weight * ys * (1 - x), (1 - ys) * x
+        grad, size = (negative - positive) / floor, np.maximum(negative, positive) / floor
+    elif name == "sigmoid_focal_loss":
+        alpha, gamma = options["alpha"], options["gamma"]
+        ce = ys * _softplus(-x) + (1 - ys) * _softplus(x)
+        alpha_t = 1.0 if alpha is None else alpha * ys + (1 - alpha) * (1 - ys)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_factor = np.where(q > 0, gamma * q ** (gamma - 1), 0.0) if gamma else 0.0
+        factor = q**gamma
+        loss = alpha_t * factor * ce
+        terms = (d_factor * dq * ce, factor * (_sigmoid(x) - ys))
+        grad = alpha_t * (terms[0] + terms[1])
+        size = alpha_t * (np.abs(terms[0]) + factor * np.maximum(_sigmoid(x), ys))
+    elif name == "binary_entropy":
+        weight = 1.0  # binary_entropy takes no weight
+        p, not_p = _sigmoid(x), _sigmoid(-x)  # not 1 - p, which cancels in float64 too
+        loss = p * _softplus(-x) + not_p * _softplus(x)
+        grad = -x * p * _sigmoid(-x)
+        size = np.abs(grad)
+    elif name == "asymmetric_loss":
+        loss, grad, size = _asymmetric(x, ys, pos_weight, **options)
+    elif name == "binary_kl_divergence":
+        t = y
+        loss = _softplus(x) - _softplus(t) - _sigmoid(t) * (x - t)
+        grad = _sigmoid(x) - _sigmoid(t)
+        size = np.maximum(_sigmoid(x), _sigmoid(t))
+        # the float64 textbook form cancels: its own error is ~eps64 * (size of its terms)
+        loss_floor = 4 * np.finfo(np.float64).eps * (_softplus(x) + _softplus(t) + np.abs(_sigmoid(t) * (x - t)))
+    else:
+        raise NotImplementedError(f"no float64 reference for {name} here")
+    loss_size = np.abs(loss) + np.abs(poly)
+    loss, grad, size = loss + poly, grad + d_poly, np.maximum(size, np.abs(grad)) + np.abs(d_poly)
+    return Float64Reference(*(weight * a for a in (loss, grad, size, loss_size, loss_floor)))
+
+
+def _asymmetric(x, y, pos_weight, gamma_pos, gamma_neg, clip):
+    """ASL and its logits derivative in float64; p - clip as (1 - clip) p (1 - exp(x0 - x)), x0 = logit(clip),
+    which does not cancel near the clip."""
+    p, s = _sigmoid(x), _sigmoid(-x)
+    positive = s**gamma_pos * _softplus(-x)
+    d_positive = -(s**gamma_pos) * (gamma_pos * p * _softplus(-x) + s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if clip:
+            x0 = np.log(clip / (1 - clip))
+            kept = x > x0
+            p_m = np.where(kept, (1 - clip) * p * -np.expm1(np.minimum(x0 - x, 0)), 0.0)
+            neg_log_v = np.where(p_m < 0.5, -np.log1p(-p_m), -np.log(s + clip))
+            negative = np.where(kept, p_m**gamma_neg * neg_log_v, 0.0)
+            lower = gamma_neg * p_m ** (gamma_neg - 1) * neg_log_v if gamma_neg else 0.0
+            d_negative = np.where(kept, p * s * (lower + p_m**gamma_neg / (s + clip)), 0.0)
+        else:
+            negative = p**gamma_neg * _softplus(x)
+            lower = gamma_neg * p ** (gamma_neg - 1) * _softplus(x) if gamma_neg else 0.0
+            d_negative = p * s * lower + p**gamma_neg * p
+    loss = pos_weight * y * positive + np.where(y == 1, 0.0, (1 - y) * negative)
+    grad = pos_weight * y * d_positive + (1 - y) * d_negative
+    size = pos_weight * y * np.abs(d_positive) + (1 - y) * np.abs(d_negative)
+    return loss, grad, size
+
+
+def linear_bce_float64(p, labels, *, where, pos_weight, weight, reduction):
+    """The fused BCE's loss and gradients in float64 NumPy, from the analytic derivative of the BCE: ``p`` holds
+    ``features`` (B, D), ``kernel`` (D, C) and ``bias``; ``weight`` is per example (B, 1), ``where`` (B,)."""
+    f, k, b = (p[n].astype(np.float64) for n in ("features", "kernel", "bias"))
+    y = labels.astype(np.float64)
+    pw = np.ones(k.shape[1]) if pos_weight is None else pos_weight.astype(np.float64)
+    z = f @ k + b
+    softplus = np.logaddexp(0, z)
+    loss = pw * y * (softplus - z) + (1 - y) * softplus
+    scale = np.ones(f.shape[0]) if weight is None else weight[:, 0].astype(np.float64)
+    if where is not None:
+        scale = np.where(where, scale, 0)
+    kept = f.shape[0] if where is None else where.sum()
+    scale = scale / {"sum": 1, "mean": kept * k.shape[1], "batchmean": kept}[reduction]
+    d_logits = scale[:, None] * ((pw * y + 1 - y) / (1 + np.exp(-z)) - pw * y)
+    value = np.sum(scale[:, None] * loss)
+    return value, {"features": d_logits @ k.T, "kernel": f.T @ d_logits, "bias": d_logits.sum(0)}
+
+
+# The materialised definitions of the fused losses.
+
+
+def linear_bce(
+    features, kernel, bias, pos_weight, weight, *, labels, where=None, reduction, label_smoothing=0.0, ignore_label=None
+):
+    """``binary_cross_entropy_with_logits`` of the logits, with ``weight`` as given (it broadcasts against the
+    logits) and the per-example ``where`` as ``(..., 1)``; ``"none"`` is the sum over classes per example."""
+    logits = features @ kernel + (0 if bias is None else bias)
+    return jaxbce.binary_cross_entropy_with_logits(
+        logits,
+        labels,
+        pos_weight=pos_weight,
+        weight=weight,
+        where=None if where is None else where[..., None],
+        label_smoothing=label_smoothing,
+        ignore_label=ignore_label,
+        reduction="sum" if reduction == "none" else reduction,
+        axis=-1 if reduction == "none" else None,
+    )
+
+
+def dense_siglip(images, texts, logit_scale, logit_bias, where=None):
+    """big_vision's dense form (siglip.py): log_sigmoid of the full B x B logits with labels 2 I - 1, summed
+    over texts and averaged over images; ``where`` drops rows, columns and the count."""
+    logits = logit_scale * images @ texts.T + logit_bias
+    labels = 2 * jnp.eye(images.shape[0]) - 1
+    terms = -jax.nn.log_sigmoid(labels * logits)
+    if where is None:
+        return jnp.sum(terms) / images.shape[0]
+    return jnp.sum(jnp.where(where[:, None] & where[None, :], terms, 0)) / jnp.sum(where)

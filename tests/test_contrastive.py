@@ -16,7 +16,7 @@ import devices
 import doc_blocks
 import jaxbce
 from jax_compat import enable_x64, set_mesh
-from materialised import dense_siglip
+from reference import dense_siglip
 
 ARGNUMS = (0, 1, 2, 3)
 
@@ -78,10 +78,6 @@ def test_bfloat16_embeddings_compute_in_float32():
     np.testing.assert_allclose(float(low), float(dense_siglip(*rounded, 10.0, -10.0)), rtol=8e-3)
 
 
-def _mesh(axis_type=jax.sharding.AxisType.Explicit):
-    return devices.mesh(axis_type, shape=(8,), names=("data",))
-
-
 def _ring_loss(mesh, chunk_size=None, check_vma=True):
     def local(images, texts, scale, bias, where):
         return jaxbce.sigmoid_contrastive_loss(
@@ -103,7 +99,7 @@ def test_ring_over_8_devices_equals_one_device(chunk_size, check_vma):
     single = jax.value_and_grad(lambda *a: jaxbce.sigmoid_contrastive_loss(*a, where=where), argnums=ARGNUMS)(
         images, texts, *scalars
     )
-    mesh = _mesh()
+    mesh = devices.mesh(shape=(8,), names=("data",))
     put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
     ring = jax.jit(jax.value_and_grad(_ring_loss(mesh, chunk_size, check_vma), argnums=ARGNUMS))
     got = ring(put(images), put(texts), *scalars, put(where))
@@ -124,7 +120,7 @@ def test_one_device_form_on_sharded_rows(where_spec, axis_type):
     loss = lambda x, z, s, b, w: jaxbce.sigmoid_contrastive_loss(x, z, s, b, where=w, chunk_size=16)  # noqa: E731
     scalars = (np.float32(10.0), np.float32(-10.0))
     expected = jax.value_and_grad(loss, argnums=ARGNUMS)(images, texts, *scalars, where)
-    mesh = _mesh(axis_type)
+    mesh = devices.mesh(axis_type, shape=(8,), names=("data",))
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     arguments = (put(images, P("data")), put(texts, P("data")), *scalars, put(where, where_spec))
     step = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS))
@@ -139,7 +135,7 @@ def test_one_device_form_on_sharded_rows(where_spec, axis_type):
 @devices.eight_devices
 def test_ring_hlo_permutes_and_never_gathers():
     images, texts = _embeddings(64, seed=4)
-    mesh = _mesh()
+    mesh = devices.mesh(shape=(8,), names=("data",))
     put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
     arguments = (put(images), put(texts), np.float32(10.0), np.float32(-10.0), put(np.ones(64, bool)))
     loss = _ring_loss(mesh)

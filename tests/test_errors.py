@@ -37,7 +37,7 @@ def _update_with_another_optimizers_state():
 
 
 def _inside_shard_map(axis_name):
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = devices.mesh(jax.sharding.AxisType.Auto, shape=(8,), names=("data",))
     rows = jnp.ones((16, 4))
     loss = lambda x: jaxbce.sigmoid_contrastive_loss(x, x, 1.0, 0.0, axis_name=axis_name)  # noqa: E731
     return jax.shard_map(loss, mesh=mesh, in_specs=P("data"), out_specs=P())(rows)

@@ -2,7 +2,7 @@
 kernel in either layout, with labels as a ``jax.experimental.sparse.BCOO``, on one device or eight.
 
 References: the materialised ``binary_cross_entropy_with_logits(features @ kernel + bias, dense_labels)``
-(``tests/materialised.py``, the contract's definition, to float32 summation-order rounding) and Optax's step on
+(``tests/reference.py``, the contract's definition, to float32 summation-order rounding) and Optax's step on
 its gradient; memory from the compiled executables' ``memory_analysis()``. ``make test`` runs this module in an
 8-device session and in a one-device one (tests/devices.py).
 """
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 import devices
 import jaxbce
 from jax_compat import set_mesh
-from materialised import linear_bce
+from reference import linear_bce
 
 ROWS, DIM = 12, 7
 # EURLex-4K's 3,993 labels (3 x 11^3), a prime, a power of two plus one (3 x 43,691: LF-AmazonTitles-131K), and a

@@ -23,8 +23,9 @@ from jax.sharding import PartitionSpec as P
 
 import devices
 import jaxbce
+import reference
 from jax_compat import enable_x64, set_mesh
-from materialised import linear_bce
+from reference import linear_bce
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, DIM, CLASSES = 12, 7, 45  # 45 classes: chunk sizes that divide it (9, 15) and that do not (8, 16)
@@ -53,24 +54,6 @@ def _dense(positives, classes=CLASSES):
     for row, indices in enumerate(positives):
         dense[row, indices[indices >= 0]] = True
     return dense
-
-
-def _float64_reference(p, labels, *, where, pos_weight, weight, reduction):
-    """Loss and gradients in float64 NumPy, from the analytic derivative of the BCE."""
-    f, k, b = (p[n].astype(np.float64) for n in ("features", "kernel", "bias"))
-    y = labels.astype(np.float64)
-    pw = np.ones(k.shape[1]) if pos_weight is None else pos_weight.astype(np.float64)
-    z = f @ k + b
-    softplus = np.logaddexp(0, z)
-    loss = pw * y * (softplus - z) + (1 - y) * softplus
-    scale = np.ones(BATCH) if weight is None else weight[:, 0].astype(np.float64)
-    if where is not None:
-        scale = np.where(where, scale, 0)
-    kept = BATCH if where is None else where.sum()
-    scale = scale / {"sum": 1, "mean": kept * k.shape[1], "batchmean": kept}[reduction]
-    d_logits = scale[:, None] * ((pw * y + 1 - y) / (1 + np.exp(-z)) - pw * y)
-    value = np.sum(scale[:, None] * loss)
-    return value, {"features": d_logits @ k.T, "kernel": f.T @ d_logits, "bias": d_logits.sum(0)}
 
 
 def _fused_and_materialised(p, *, sparse, reduction, chunk_size, use_pos_weight, use_weight, use_where,
@@ -137,7 +120,7 @@ class EqualsMaterialisedTest(parameterized.TestCase):
             p, sparse=True, reduction=reduction, chunk_size=16, use_pos_weight=True, use_weight=True,
             use_where=True,
         )  # fmt: skip
-        ref_value, ref_grads = _float64_reference(
+        ref_value, ref_grads = reference.linear_bce_float64(
             p, labels, where=where, pos_weight=pos_weight, weight=p["weight"], reduction=reduction
         )
         np.testing.assert_allclose(value, ref_value, rtol=2e-6)
@@ -233,7 +216,7 @@ class EqualsMaterialisedTest(parameterized.TestCase):
 
             value, grads = jax.value_and_grad(fused, argnums=(0, 1, 2))(*args)
             self.assertEqual(value.dtype, np.float64)
-            ref_value, ref_grads = _float64_reference(
+            ref_value, ref_grads = reference.linear_bce_float64(
                 p, _dense(p["positives"]), where=None, pos_weight=None, weight=None, reduction="mean"
             )
         np.testing.assert_allclose(value, ref_value, rtol=1e-14)

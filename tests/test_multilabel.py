@@ -14,6 +14,7 @@ from jax.experimental import checkify
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import devices
 import jaxbce
 import reference
 from jax_compat import enable_x64
@@ -71,7 +72,7 @@ def test_batchmean_rejects_axis_and_scalars(name):
 
 
 def test_batchmean_under_sharding_equals_one_device():
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = devices.mesh(jax.sharding.AxisType.Auto, shape=(8,), names=("data",))
     logits, labels = _inputs("binary_cross_entropy_with_logits", shape=(16, 5))
     where = np.random.default_rng(1).uniform(size=(16, 5)) > 0.6
     where[3] = False

@@ -2,7 +2,7 @@
 
 Profiles (tests/conftest.py): "ci" (default, 100 fixed examples per property) and "thorough" (2,000 new ones on
 each run); ``make test-thorough`` runs these properties with the second. References are float64 NumPy formulas
-written independently of the package (scipy.special.expit and log_expit for sigmoid and softplus).
+written independently of the package (``reference.float64_loss_and_gradient``).
 """
 
 import functools
@@ -11,12 +11,12 @@ import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import jaxbce
+import reference
 from jax_compat import enable_x64
+from jaxbce._arguments import Role
 from loss_table import LOSSES
 
 # The public losses: every name of the API defined in jaxbce._losses (not the value-check helpers).
@@ -30,8 +30,8 @@ SHAPES = {
     (0, 4): [(4,)],
     (3, 4): [(), (4,), (3, 4)],
 }
-FOCAL_OPTIONS = ((0.25, 2.0), (None, 0.0), (0.5, 0.5))
-ASYMMETRIC_OPTIONS = ((0.0, 4.0, 0.05), (1.0, 2.0, 0.0))  # gamma_pos, gamma_neg, clip
+# Static values drawn for an array argument of Role.FRACTION (the focal loss's alpha); None is no alpha.
+FRACTIONS = (0.25, None, 0.5)
 # Values where 1 - y, 1 - p and 1 / pos_weight are exact in every dtype, so symmetries hold to rounding.
 EXACT_LABELS = tuple(k / 64 for k in range(65))
 EXACT_POS_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -44,17 +44,19 @@ def _x64(dtype):
 
 @functools.cache
 def _evaluator(name, options, reduction="none"):
-    """A jitted (value, gradient in the first argument) for one function and its static options."""
-    function = functools.partial(getattr(jaxbce, name), **dict(options), reduction=reduction)
+    """A jitted (value, gradient in the first argument) for one function and its static options, called with
+    the arguments that ``tests/loss_table.py`` says it takes."""
+    row = LOSSES[name]
+    function = functools.partial(row.function, **dict(options), reduction=reduction)
+    takes_pos_weight = "pos_weight" in dict(row.arrays)
 
     def value(first, second, weight, pos_weight, where):
         kwargs = {"where": where}
-        if name != "binary_entropy":
+        if row.takes_weight:
             kwargs["weight"] = weight
-        if name in ("binary_cross_entropy_with_logits", "asymmetric_loss"):
+        if takes_pos_weight:
             kwargs["pos_weight"] = pos_weight
-        args = (first,) if name == "binary_entropy" else (first, second)
-        return function(*args, **kwargs)
+        return function(*(first, second)[: len(row.positional)], **kwargs)
 
     def total(*args):
         return jnp.sum(value(*args).astype(jnp.float32 if args[0].dtype != jnp.float64 else jnp.float64))
@@ -66,22 +68,30 @@ def _flush_subnormals(array):
     return np.where(np.abs(array) < np.finfo(np.float32).tiny, 0, array).astype(array.dtype)
 
 
+def _roles(name):
+    """The roles of the loss's first and second positional arguments (LABELS for a loss of one argument)."""
+    row = LOSSES[name]
+    roles = dict(row.arrays)
+    return roles[row.positional[0]], roles[row.positional[1]] if len(row.positional) > 1 else Role.LABELS
+
+
 @st.composite
 def cases(draw, finite=True, exact=False):
     name = draw(st.sampled_from(FUNCTIONS))
+    first_role, second_role = _roles(name)
     dtype = draw(st.sampled_from(DTYPES))
     shape = draw(st.sampled_from(list(SHAPES)))
     info = jnp.finfo(dtype)
     limit = float(info.max) if not finite else min(float(info.max), 1e30)
-    if name == "binary_cross_entropy":
+    if first_role is Role.PROBABILITIES:
         values = st.sampled_from(EXACT_LABELS) if exact else st.floats(0, 1, width=32)
     else:
         magnitudes = st.one_of(st.sampled_from(SPECIAL_LOGITS), st.floats(0, 200), st.floats(0, limit))
         values = st.builds(lambda m, s: s * min(m, limit), magnitudes, st.sampled_from((1.0, -1.0)))
     first = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
-    if name == "binary_cross_entropy":  # subnormal probabilities read as 0 on CPU, as subnormal weights do
+    if first_role is Role.PROBABILITIES:  # subnormal probabilities read as 0 on CPU, as subnormal weights do
         first = _flush_subnormals(first)
-    if name == "binary_kl_divergence":
+    if second_role is Role.LOGITS:
         second = draw(hnp.arrays(np.float64, shape, elements=values)).astype(dtype)
     else:
         labels = st.sampled_from(EXACT_LABELS) if exact else st.one_of(st.sampled_from((0.0, 1.0)), st.floats(0, 1))
@@ -95,97 +105,11 @@ def cases(draw, finite=True, exact=False):
     weight = _flush_subnormals(draw(hnp.arrays(np.float32, broadcast, elements=weights)))
     pos_weight = _flush_subnormals(draw(hnp.arrays(np.float32, broadcast, elements=pos_weights)))
     where = draw(hnp.arrays(np.bool_, broadcast, elements=st.booleans()))
-    options = ()
-    if name == "sigmoid_focal_loss":
-        options = tuple(zip(("alpha", "gamma"), draw(st.sampled_from(FOCAL_OPTIONS)), strict=True))
-    if name == "asymmetric_loss":
-        options = tuple(zip(("gamma_pos", "gamma_neg", "clip"), draw(st.sampled_from(ASYMMETRIC_OPTIONS)), strict=True))
-    if name in ("binary_cross_entropy_with_logits", "binary_cross_entropy"):
-        options += (("label_smoothing", draw(st.sampled_from((0.0, 0.125)))),)
+    # Every static option with the sample values of tests/loss_table.py; a fraction array as a static number.
+    row = LOSSES[name]
+    options = tuple((option, draw(st.sampled_from(values))) for option, values in row.options.items())
+    options += tuple((array, draw(st.sampled_from(FRACTIONS))) for array, role in row.arrays if role is Role.FRACTION)
     return name, options, dtype, first, second, weight, pos_weight, where
-
-
-def _softplus(x):
-    return -scipy.special.log_expit(-x)
-
-
-def _sigmoid(x):
-    return scipy.special.expit(x)  # exact to an ulp in float64; exp(-softplus(-x)) would lose |x| * eps
-
-
-def reference(name, options, x, y, weight, pos_weight):
-    """float64 elementwise loss and d/d(first argument), before the mask; plus the size of the terms."""
-    options = dict(options)
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    s = options.get("label_smoothing", 0.0)
-    ys = y * (1 - s) + s / 2
-    if name == "binary_cross_entropy_with_logits":
-        loss = pos_weight * ys * _softplus(-x) + (1 - ys) * _softplus(x)
-        grad = (1 - ys) * _sigmoid(x) - pos_weight * ys * _sigmoid(-x)
-        size = pos_weight * ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
-    elif name == "binary_cross_entropy":
-        with np.errstate(divide="ignore"):
-            log_p, log_not_p = np.maximum(np.log(x), -100), np.maximum(np.log1p(-x), -100)
-        loss = -(ys * log_p + (1 - ys) * log_not_p)
-        floor = np.maximum(x * (1 - x), 1e-12)
-        grad, size = (x - ys) / floor, np.maximum(x, ys) / floor
-    elif name == "sigmoid_focal_loss":
-        alpha, gamma = options["alpha"], options["gamma"]
-        q = ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
-        ce = ys * _softplus(-x) + (1 - ys) * _softplus(x)
-        alpha_t = 1.0 if alpha is None else alpha * ys + (1 - alpha) * (1 - ys)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d_factor = np.where(q > 0, gamma * q ** (gamma - 1), 0.0) if gamma else 0.0
-        dq = (1 - 2 * ys) * _sigmoid(x) * _sigmoid(-x)
-        factor = q**gamma
-        loss = alpha_t * factor * ce
-        terms = (d_factor * dq * ce, factor * (_sigmoid(x) - ys))
-        grad = alpha_t * (terms[0] + terms[1])
-        size = alpha_t * (np.abs(terms[0]) + factor * np.maximum(_sigmoid(x), ys))
-    elif name == "binary_entropy":
-        weight = 1.0  # binary_entropy takes no weight
-        p, not_p = _sigmoid(x), _sigmoid(-x)  # not 1 - p, which cancels in float64 too
-        loss = p * _softplus(-x) + not_p * _softplus(x)
-        grad = -x * p * _sigmoid(-x)
-        size = np.abs(grad)
-    elif name == "asymmetric_loss":
-        loss, grad, size = _asymmetric(x, ys, pos_weight, **options)
-    elif name == "binary_kl_divergence":
-        t = y
-        loss = _softplus(x) - _softplus(t) - _sigmoid(t) * (x - t)
-        grad = _sigmoid(x) - _sigmoid(t)
-        size = np.maximum(_sigmoid(x), _sigmoid(t))
-        # the float64 textbook form cancels: its own error is ~eps64 * (size of its terms)
-        loss_floor = 4 * np.finfo(np.float64).eps * (_softplus(x) + _softplus(t) + np.abs(_sigmoid(t) * (x - t)))
-        return weight * loss, weight * grad, weight * size, weight * loss_floor
-    else:
-        raise NotImplementedError(f"no float64 reference for {name} here")
-    return weight * loss, weight * grad, weight * np.maximum(size, np.abs(grad)), 0.0
-
-
-def _asymmetric(x, y, pos_weight, gamma_pos, gamma_neg, clip):
-    """ASL and its logits derivative in float64; p - clip as (1 - clip) p (1 - exp(x0 - x)), x0 = logit(clip),
-    which does not cancel near the clip."""
-    p, s = _sigmoid(x), _sigmoid(-x)
-    positive = s**gamma_pos * _softplus(-x)
-    d_positive = -(s**gamma_pos) * (gamma_pos * p * _softplus(-x) + s)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if clip:
-            x0 = np.log(clip / (1 - clip))
-            kept = x > x0
-            p_m = np.where(kept, (1 - clip) * p * -np.expm1(np.minimum(x0 - x, 0)), 0.0)
-            neg_log_v = np.where(p_m < 0.5, -np.log1p(-p_m), -np.log(s + clip))
-            negative = np.where(kept, p_m**gamma_neg * neg_log_v, 0.0)
-            lower = gamma_neg * p_m ** (gamma_neg - 1) * neg_log_v if gamma_neg else 0.0
-            d_negative = np.where(kept, p * s * (lower + p_m**gamma_neg / (s + clip)), 0.0)
-        else:
-            negative = p**gamma_neg * _softplus(x)
-            lower = gamma_neg * p ** (gamma_neg - 1) * _softplus(x) if gamma_neg else 0.0
-            d_negative = p * s * lower + p**gamma_neg * p
-    loss = pos_weight * y * positive + np.where(y == 1, 0.0, (1 - y) * negative)
-    grad = pos_weight * y * d_positive + (1 - y) * d_negative
-    size = pos_weight * y * np.abs(d_positive) + (1 - y) * np.abs(d_negative)
-    return loss, grad, size
 
 
 def _tiny(dtype):
@@ -209,19 +133,21 @@ def test_finite_non_negative_and_close_to_float64(case):
         value_fn, grad_fn = _evaluator(name, options)
         loss = np.asarray(value_fn(x, y, weight, pos_weight, where), np.float64)
         grads = grad_fn(x, y, weight, pos_weight, where)
-    ref_loss, ref_grad, _, floor = reference(name, options, x, y, weight, pos_weight)
+    ref = reference.float64_loss_and_gradient(name, options, x, y, weight, pos_weight)
+    ref_loss, ref_grad = ref.loss, ref.grad
     keep = np.broadcast_to(where, np.shape(x))
     # Finite wherever the exact value is representable in the result's dtype (float16 overflows at 65504).
     largest = 0.5 * float(jnp.finfo(dtype).max)
     representable = np.abs(ref_loss) <= largest
     assert np.isfinite(loss[representable & keep]).all()
-    assert (loss[~np.isnan(loss)] >= 0).all()
+    if dict(options).get("poly_epsilon", 0.0) >= 0:  # a negative Poly-1 term may take the loss below 0
+        assert (loss[~np.isnan(loss)] >= 0).all()
     assert (loss[~keep] == 0).all()
     first_grad = np.asarray(grads[0], np.float64)
     assert np.isfinite(first_grad[(np.abs(ref_grad) <= largest) & keep & representable]).all()
     rtol, tiny = _tolerance(dtype), _tiny(dtype)
     half = np.dtype(dtype).itemsize == 2  # inputs rounded to 16 bits move the loss by |dl/dx * x| * eps
-    bound = rtol * np.abs(ref_loss) + floor + tiny + (2 * rtol * np.abs(ref_grad * x) if half else 0)
+    bound = rtol * ref.loss_size + ref.loss_floor + tiny + (2 * rtol * np.abs(ref_grad * x) if half else 0)
     ok = ~representable | ~keep | (np.abs(loss - ref_loss) <= bound)
     assert ok.all(), (loss[~ok], ref_loss[~ok], np.asarray(x)[np.broadcast_to(~ok, np.shape(x))])
 
@@ -232,7 +158,8 @@ def test_gradient_matches_closed_form(case):
     assume(np.dtype(dtype).itemsize > 2)  # 16-bit gradients are the float32 ones rounded: covered above
     with _x64(dtype):
         grad = np.asarray(_evaluator(name, options)[1](x, y, weight, pos_weight, where)[0], np.float64)
-    _, ref_grad, size, _ = reference(name, options, x, y, weight, pos_weight)
+    ref = reference.float64_loss_and_gradient(name, options, x, y, weight, pos_weight)
+    ref_grad, size = ref.grad, ref.grad_size
     ref_grad = np.where(np.broadcast_to(where, np.shape(x)), ref_grad, 0.0)
     rtol = _tolerance(dtype)
     ok = ~np.isfinite(ref_grad) | (np.abs(grad - ref_grad) <= rtol * size + _tiny(dtype))
@@ -248,12 +175,15 @@ def test_symmetry(case):
     flipped = dict(options)
     if flipped.get("alpha") is not None:
         flipped["alpha"] = 1 - flipped["alpha"]
-    if name == "asymmetric_loss":  # the negative term mirrors the positive one with the gammas swapped
+    if "gamma_pos" in flipped:  # the asymmetric loss: the negative term mirrors the positive one, gammas swapped
         flipped["gamma_pos"], flipped["gamma_neg"] = flipped["gamma_neg"], flipped["gamma_pos"]
     flipped_options = tuple(flipped.items())
-    flipped_first = (1 - x if name == "binary_cross_entropy" else -x).astype(x.dtype)
-    flipped_second = (-y if name == "binary_kl_divergence" else 1 - y).astype(y.dtype)
-    takes_pos_weight = name in ("binary_cross_entropy_with_logits", "asymmetric_loss")
+    first_role, second_role = _roles(name)
+    flipped_first = (1 - x if first_role is Role.PROBABILITIES else -x).astype(x.dtype)
+    flipped_second = (-y if second_role is Role.LOGITS else 1 - y).astype(y.dtype)
+    takes_pos_weight = "pos_weight" in dict(LOSSES[name].arrays)
+    # Poly-1's term mirrors itself and is not scaled by pos_weight, which the mirror image scales.
+    assume(not (takes_pos_weight and dict(options).get("poly_epsilon", 0.0)))
     scale = pos_weight if takes_pos_weight else 1.0
     flipped_pos_weight = (1 / pos_weight if takes_pos_weight else pos_weight).astype(np.float32)
     if takes_pos_weight:
@@ -318,6 +248,6 @@ def test_nan_in_nan_out_and_no_nan_from_infinities(case):
     assert np.isnan(nan_loss[keep]).all()  # NaN in, NaN out: never silently 0
     assert (nan_loss[~keep] == 0).all()
     # Infinite logits (or teacher logits) give limits, not NaN (probabilities are finite by construction).
-    if name == "binary_kl_divergence":
+    if _roles(name)[1] is Role.LOGITS:
         assume(not (np.isinf(x) & np.isinf(y) & (np.sign(x) != np.sign(y))).any())  # KL(0 || 1) = inf, fine
     assert not np.isnan(loss).any()

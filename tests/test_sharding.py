@@ -14,6 +14,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from processes import run_on_two_processes
 
+import devices
 import doc_blocks
 import jaxbce
 from jax_compat import set_mesh
@@ -47,16 +48,6 @@ def _args(batch):
     return tuple(batch[k] for k in ("x", "y", "where", "pos_weight", "weight"))
 
 
-def _mesh(axis_type=AxisType.Explicit):
-    """A (4, 2) ("data", "model") mesh, Explicit axes by default as jax.make_mesh gives them: 8 accelerators
-    where the host has them; otherwise the 8 CPU devices that tests/conftest.py creates (a single-GPU host runs
-    these on its CPU devices, the rest of the suite on the GPU)."""
-    devices = jax.devices() if jax.device_count() >= 8 else jax.devices("cpu")
-    if len(devices) < 8:
-        pytest.fail("the sharding tests need 8 devices (tests/conftest.py sets 8 CPU devices)")
-    return jax.make_mesh((4, 2), ("data", "model"), devices=devices[:8], axis_types=(axis_type,) * 2)
-
-
 def _shard(batch, mesh):
     """logits, labels and mask on both axes; the per-class pos_weight and weight on the class axis."""
     specs = {"x": P("data", "model"), "y": P("data", "model"), "where": P("data", "model"),
@@ -77,7 +68,7 @@ class MeshTest(parameterized.TestCase):
     @parameterized.product(reduction=("mean", "weighted_mean", "sum"), shape=((BATCH, CLASSES), FUSED_SHAPE))
     def test_sharded_value_and_grad_equals_single_device(self, reduction, shape):
         batch = _batch(shape=shape)
-        mesh = _mesh()
+        mesh = devices.mesh()
         sharded = _shard(batch, mesh)
         step = jax.jit(jax.value_and_grad(_loss, argnums=(0, 1, 3, 4)), static_argnames="reduction")
         value, grads = step(*_args(sharded), reduction=reduction)
@@ -91,7 +82,7 @@ class MeshTest(parameterized.TestCase):
 
     @parameterized.parameters((BATCH, CLASSES), FUSED_SHAPE)
     def test_compiled_program_has_no_all_gather(self, *shape):
-        mesh = _mesh()
+        mesh = devices.mesh()
         sharded = _shard(_batch(shape=shape), mesh)
         step = jax.jit(jax.value_and_grad(_loss, argnums=(0, 3)))
         hlo = step.lower(*_args(sharded)).compile().as_text()
@@ -111,7 +102,7 @@ class MeshTest(parameterized.TestCase):
 
     def test_per_example_losses(self):
         batch = _batch()
-        sharded = _shard(batch, _mesh())
+        sharded = _shard(batch, devices.mesh())
         per_example = jax.jit(lambda x, y, where, pos_weight: jaxbce.binary_cross_entropy_with_logits(
             x, y, where=where, pos_weight=pos_weight, axis=-1))  # fmt: skip
         got = per_example(sharded["x"], sharded["y"], sharded["where"], sharded["pos_weight"])
@@ -126,7 +117,7 @@ class MeshTest(parameterized.TestCase):
 
     def test_global_mean_inside_shard_map(self):
         """Per-shard sums and kept counts, psum'd over the mesh, divided once: the global mean."""
-        mesh = _mesh()
+        mesh = devices.mesh()
         batch = _batch()
         sharded = _shard(batch, mesh)
         specs = (P("data", "model"), P("data", "model"), P("data", "model"), P("model"))
@@ -156,7 +147,7 @@ class MeshTest(parameterized.TestCase):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-9)
 
     def test_vmap_over_an_ensemble_composes_with_sharding(self):
-        mesh = _mesh()
+        mesh = devices.mesh()
         batch = _batch()
         members = np.stack([batch["x"] * scale for scale in (0.5, 1.0, 2.0)])  # (ensemble, batch, classes)
         ensemble = jax.device_put(members, NamedSharding(mesh, P(None, "data", "model")))
@@ -260,7 +251,7 @@ def test_every_loss_in_every_sharding_mode(name, mode, layout):
         function = _registry_loss(loss, names, "sum")
         total = jax.shard_map(
             lambda *values: jax.lax.psum(function(*values), ("data", "model")),
-            mesh=_mesh(AxisType.Auto),
+            mesh=devices.mesh(AxisType.Auto),
             in_specs=tuple(_local_spec(arguments[n].shape) for n in names),
             out_specs=P(),
         )
@@ -269,7 +260,7 @@ def test_every_loss_in_every_sharding_mode(name, mode, layout):
         )
     else:
         reference = jax.value_and_grad(total, argnums=differentiable)(*arguments.values())
-    mesh = _mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
+    mesh = devices.mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
     sharded = [jax.device_put(arguments[n], NamedSharding(mesh, specs[n])) for n in names]
     step = jax.jit(jax.value_and_grad(total, argnums=differentiable))
     with set_mesh(mesh):
@@ -327,7 +318,7 @@ def test_weight_helpers_in_every_sharding_mode(mode):
         return jnp.sum(pos_weight * balanced)
 
     expected = (helpers(positives, totals), jax.grad(total, argnums=(0, 1))(positives, totals))
-    mesh = _mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
+    mesh = devices.mesh(AxisType.Explicit if mode == "explicit" else AxisType.Auto)
     weights, objective, spec = helpers, total, P("model")
     if mode == "shard_map":
         weights = jax.shard_map(helpers, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
@@ -343,7 +334,7 @@ def test_weight_helpers_in_every_sharding_mode(mode):
 def test_explicit_arrays_without_a_mesh_context():
     """Arrays sharded over Explicit axes before jit, with no jax.set_mesh around the call (as a multi-process
     pipeline hands them over): every loss gives one device's value and gradient."""
-    mesh = _mesh(AxisType.Explicit)
+    mesh = devices.mesh(AxisType.Explicit)
     put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
     for name, loss in LOSSES.items():
         arguments = _registry_arguments(loss)

@@ -246,7 +246,7 @@ def _fractional_power(x: Pair, f: float) -> Pair:
 
 def power(x: Pair, exponent: float) -> Pair:
     """x**exponent for x > 0 normal and a static exponent > -1, within 0.15 eps relative (where the result is
-    far from underflow; tests/test_double_word.py): products of pairs for the integer part,
+    far from underflow): products of pairs for the integer part,
     :func:`_fractional_power` for the rest."""
     whole = math.floor(exponent) if exponent >= 1 else 0
     fraction = exponent - whole

@@ -90,7 +90,7 @@ def bce_with_logits_fusible(
     zero coefficient is ``0 * inf = NaN`` here, where :func:`bce_with_logits` gives 0: the NaN sends the sum to
     the exact evaluation. Where exp(-|x|) is subnormal (|x| > 87.3; XLA flushes it to 0), ``c * exp(-|x|)``
     with ``c = pw y + 1 - y > 1`` is 0 rather than a number below ``c * 2**-126``; :func:`bce_with_logits`
-    scales before it rounds. Elsewhere each term is within the contract's bounds (tests/test_fused_sum.py).
+    scales before it rounds. Elsewhere each term is within the contract's bounds.
     """
     zero, one = opaque_constants(x.dtype, 0, 1)
     positive, negative = smoothed_labels(y, label_smoothing, one)
@@ -168,7 +168,7 @@ def _bce_with_probabilities_partials(label_smoothing, p, y, pos_weight):
     def d_probabilities():
         # (1 - y) / (1 - p) - pw*y / p, PyTorch's (p - y) / max(p (1 - p), 1e-12) for pw = 1. Above the floor
         # as that difference of same-sign terms, whose derivatives are sums of same-sign terms (the quotient
-        # rule on (p - y) / (p (1 - p)) cancels near p = 0 and 1: its second derivative was 50% off at p = 1e-7
+        # rule on (p - y) / (p (1 - p)) cancels near p = 0 and 1, where its second derivative loses every digit
         # in float32); at the floor as PyTorch's ((1 - y) p - pw*y (1 - p)) / 1e-12, finite on all of [0, 1].
         floored = p * (1 - p) <= _PROBABILITY_GRADIENT_FLOOR
         safe_p = jnp.where(floored, 0.5, p)  # keeps the branch not taken, and its derivatives, finite

@@ -6,14 +6,14 @@ that by ``gamma`` (more again for a fractional ``gamma``), so the value and the 
 double-word pairs (``_focal_terms``) and rounded once. Derivatives of order two and up are those of the plain
 form (as :func:`jaxbce._numerics.corrected` gives them), written with ``r = d log q / dx`` (q = 1 - p_t)
 rather than with ``q**(gamma - 1)``: the power overflows where q is tiny but normal (``q**-1.5`` at q =
-1e-26), and its product with a tiny ``q'`` made the Hessian -inf or NaN at hard labels and |logits| around 50
-(gamma = 0.5). ``r`` is in [-1, 1] and so are its derivatives, so every order in the logits stays finite.
+1e-26), and its product with a tiny ``q'`` would make the Hessian -inf or NaN at hard labels and |logits| around
+50 (gamma = 0.5). ``r`` is in [-1, 1] and so are its derivatives, so every order in the logits stays finite.
 
 What keeps the derivatives cheap to trace: each core's rule forms its value and its logits derivative from one
 evaluation (``value_and_slope`` of :func:`jaxbce._numerics.define_partials`: one set of pairs, one ``q`` and one
 pair of sigmoids), and partials that share a factor compute it once. A derivative of order n traces a tree of
-these rules, so every evaluation saved at a node is saved at each of its copies: the focal Hessian went from
-1 MB of StableHLO to about 100 KB.
+these rules, so every evaluation saved at a node is saved at each of its copies (the programs' sizes are in
+docs/benchmarks.md).
 """
 
 import fractions
@@ -303,16 +303,20 @@ def accurate_q_power(x: jax.Array, y: jax.Array, exponent: float, label_smoothin
     return dw.value(_focal_terms(x, y, None, exponent, label_smoothing).factor)
 
 
-def _q_power_value_and_slope(exponent, label_smoothing, x, y):
+def _accurate_q_power_value_and_slope(exponent, label_smoothing, x, y):
     terms = _focal_terms(x, y, None, exponent, label_smoothing)
     return dw.value(terms.factor), dw.value(terms.d_factor)
 
 
-def _q_power_slope_plain(exponent, label_smoothing, x, y):
+def _accurate_q_power_slope_plain(exponent, label_smoothing, x, y):
     return _q_power_slope(x, *smoothed_labels(y, label_smoothing), exponent)
 
 
-@define_partials(accurate_q_power, value_and_slope=_q_power_value_and_slope, plain_slope=_q_power_slope_plain)
+@define_partials(
+    accurate_q_power,
+    value_and_slope=_accurate_q_power_value_and_slope,
+    plain_slope=_accurate_q_power_slope_plain,
+)
 def _accurate_q_power_partials(exponent, label_smoothing, x, y):
     def d_labels():
         positive, negative = smoothed_labels(y, label_smoothing)

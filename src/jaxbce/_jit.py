@@ -42,7 +42,8 @@ def jit_loss(
 
     def wrap(loss: F) -> F:
         name = loss.__name__
-        parameters = inspect.signature(loss).parameters
+        signature = inspect.signature(loss)
+        parameters = signature.parameters
         options = {
             option: p
             for option, p in parameters.items()
@@ -76,15 +77,15 @@ def jit_loss(
                     f"{name}() takes {len(positional)} positional arguments ({', '.join(positional)}) but "
                     f"{len(args)} were given{advice}"
                 )
-            for option, value in zip(positional, args, strict=False):
-                if option in kwargs:
-                    raise TypeError(f"{name}() got multiple values for argument {option!r}")
-                kwargs[option] = value
             unknown = set(kwargs) - set(options)
             if unknown:
                 raise TypeError(
                     f"{name}() got unexpected keyword arguments {sorted(unknown)}; it takes {list(options)}"
                 )
+            try:
+                kwargs = signature.bind(*args, **kwargs).arguments  # the given arguments, by name
+            except TypeError as error:  # an argument given twice, or a required one missing
+                raise TypeError(f"{name}(): {error}") from None
             for option, value in kwargs.items():
                 if option in arrays:
                     _check_array_argument(name, option, arrays[option], value)

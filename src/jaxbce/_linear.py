@@ -1,10 +1,7 @@
 """Binary cross-entropy fused with the last linear layer: the ``(..., C)`` logits never exist.
 
-Why chunks. With C in the hundreds of thousands the logits ``features @ kernel + bias``, their labels and
-their gradient are the largest arrays of a train step, larger than the model. Here the classes are visited in
-chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fed to the elementwise BCE core
-(``_elementwise.bce_with_logits``, the same function and ``custom_jvp`` rule as
-:func:`jaxbce.binary_cross_entropy_with_logits`) and dropped, so no array of size batch x C is ever held.
+Why chunks, and how the classes are visited (groups, steps, the overlapping last step): ``_chunks``'s module
+notes. This module is the loss's ``jax.custom_vjp`` around those loops and its public function.
 
 Why the gradients are formed in the forward pass. A ``jax.custom_vjp`` supplies the derivatives. For a
 scalar loss (``"sum"``, ``"mean"``, ``"batchmean"``) the cotangent is one number, so the forward pass of
@@ -13,8 +10,6 @@ the VJP computes each chunk's gradient at once (as Liger Kernel does): three mat
 backward pass only scales. A primal call that is not differentiated runs the value-only loop (one matmul
 per chunk). For ``reduction="none"`` the cotangent is one number per example, so the backward pass runs the
 same gradient loop with those numbers as the per-example scale (four matmuls per chunk in all).
-
-How the classes are visited (groups, steps, the overlapping last step) is ``_chunks``'s module notes.
 """
 
 import functools
@@ -225,8 +220,8 @@ def linear_binary_cross_entropy(
     ``positives`` and ``where`` are data: differentiating with respect to them is a ``ValueError``. Tested
     against the materialised loss for every subset of the differentiable arguments, called several times in
     one objective with different subsets or under ``stop_gradient``, and under ``jit``, ``vmap`` (grad of vmap
-    and vmap of grad), ``lax.scan``, ``fori_loop``, ``cond``, ``switch`` and ``jax.checkpoint`` (every policy)
-    (``tests/test_transformations.py``). Second derivatives work as reverse-over-reverse and forward-over-reverse
+    and vmap of grad), ``lax.scan``, ``fori_loop``, ``cond``, ``switch`` and ``jax.checkpoint`` (every policy).
+    Second derivatives work as reverse-over-reverse and forward-over-reverse
     (``jax.hessian``); they differentiate the chunk loop itself and so hold ``rows x C`` numbers, as the
     materialised loss does. Forward mode alone (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) is not supported
     (a ``jax.custom_vjp``; JAX raises a ``TypeError``).

@@ -214,7 +214,7 @@ def sigmoid_focal_loss(
     (1-y)*sigmoid(x)``, its power, ``alpha_t`` and the parts of the gradient are carried as pairs of numbers
     of the compute dtype (double-word arithmetic, about twice its precision), and only the product with
     ``bce`` is rounded: loss and logits gradient stay within 2 eps of the exact values for every ``gamma``
-    (measured in float32 over gamma in [0, 5]: 1.4 and 1.25 eps). Derivatives of second and higher order are
+    (docs/benchmarks.md gives the measured errors). Derivatives of second and higher order are
     those of the plain formula, written with ``d log(1 - p_t) / dx``, which is bounded, so that derivatives of
     orders 1 to 3 in the logits are finite for every ``gamma >= 0`` and every logit up to +-1e4 and beyond
     (``(1 - p_t)**gamma`` under autodiff gives NaN at ``gamma = 0`` and inf * 0 where ``1 - p_t`` is tiny).
@@ -315,7 +315,7 @@ def asymmetric_loss(
     gradient to 0 beyond |x| of 18.4, and underflows in float16; here the positive term is the focal loss's
     exact core, and ``p - clip`` and ``-log(1 - p_m)`` are formed in double-word arithmetic where they would
     cancel (see ``_asymmetric``). Loss and logits gradient are within 2 eps of a 50-digit reference for every
-    logit (measured in ``bench/accuracy.py``); derivatives of orders 1 to 3 are finite. ``clip = 0`` with both
+    logit (docs/benchmarks.md); derivatives of orders 1 to 3 are finite. ``clip = 0`` with both
     gammas 0 is :func:`binary_cross_entropy_with_logits`. At ``p = clip`` the negative term is not smooth: its
     derivative of order ``gamma_neg + 1`` jumps there (the first derivative, for ``gamma_neg = 0``), and
     autodiff takes the one-sided value for ``x <= logit(clip)``, zero.

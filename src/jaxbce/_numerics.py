@@ -14,7 +14,7 @@ Two building blocks carry the numerics:
 
 Every loss is then a sum of non-negative terms in those two quantities, and every rule's tangent is a stable
 expression that JAX can differentiate again, so derivatives of every order stay finite and accurate to a few
-eps (the measured bounds are in tests/test_derivatives.py and bench/results/accuracy.json).
+eps (docs/numerics.md states the bounds, docs/benchmarks.md the measured errors).
 """
 
 import functools
@@ -154,8 +154,8 @@ def corrected(plain: Callable[..., jax.Array], accurate: Callable[..., jax.Array
     Why functions rather than the two values: each is traced only where it is needed. ``accurate`` is evaluated
     on the primal values, never under a JVP (its derivative would be thrown away), and ``plain`` only where
     something differentiates the result: a gradient's rule (first order) traces the double-word evaluation
-    alone, and each higher order adds the JVP of the plain form, not that of the double-word code. Before this,
-    both were traced and differentiated at every order, and the focal loss's Hessian traced 1 MB of StableHLO.
+    alone, and each higher order adds the JVP of the plain form, not that of the double-word code. Two values
+    would have both traced and differentiated at every order, a program growing with each.
     """
     return _corrected(plain, accurate, *args)
 
@@ -249,13 +249,12 @@ def softplus_of_abs_fusible(ax: jax.Array) -> jax.Array:
 
     XLA:CPU hands a sum, with the chain of elementwise operations that feeds it, to YNNPACK, which takes
     arithmetic, min, max, floor, exp and log1p but no compare, select or ``reduce_precision``: any of those
-    splits the loss into an array written to memory and read back (2.2 against 0.8 ns per element here). So
+    splits the loss into an array written to memory and read back, more than twice the time. So
     the branch is a product with a 0-or-1 factor made by ``floor``, and the near-zero polynomial (where
     log1p of an argument near 1 is off by up to 3 eps) is taken on ``min(ax, 1)`` so that both branches are
     finite. ``far + 1 * (near - far)`` is ``near`` exactly: the two agree to a few ulps, so their difference is
     exact (Sterbenz). The rest is the backend's ``exp`` and ``log1p``: the BCE terms built on this are within
-    0.89 eps of mpmath for hard labels as YNNPACK evaluates them (tests/test_fused_sum.py checks the contract's
-    bounds); NaN passes through ``far``.
+    the contract's bounds for hard labels as YNNPACK evaluates them; NaN passes through ``far``.
     """
     zero, half, one = opaque_constants(ax.dtype, 0, 0.5, 1)
     near = _softplus_near_zero(-jnp.minimum(ax, one), half)

@@ -79,8 +79,8 @@ def masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) ->
     return loss
 
 
-# XLA:CPU hands a reduction to YNNPACK from this many input elements on (jaxlib 0.10.2, measured); smaller sums
-# stay in XLA's own loops, where the fusible terms gain nothing and the NaN check would be a fixed cost.
+# XLA:CPU hands a reduction to YNNPACK from this many input elements on (XLA's threshold; another value only moves
+# where the fusible terms are used, never a result); smaller sums stay in XLA's own loops, where the fusible terms gain nothing and the NaN check would be a fixed cost.
 FUSIBLE_MIN_ELEMENTS = 4096
 
 
@@ -224,8 +224,7 @@ def _count(keep, shape, axes, dtype) -> jax.Array:
 
     def count_on_cpu(keep):
         # bool -> float is a loop of its own on XLA:CPU, which writes 4 bytes per element for YNNPACK to sum; a
-        # uint8 copy behind a barrier writes 1, and YNNPACK converts it as it sums (0.12 against 2.3 ns per
-        # element, measured).
+        # uint8 copy behind a barrier writes 1, and YNNPACK converts it as it sums.
         return count(jax.lax.optimization_barrier(keep.astype(np.uint8)))
 
     return jax.lax.platform_dependent(keep, cpu=count_on_cpu, default=count)

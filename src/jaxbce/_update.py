@@ -243,13 +243,13 @@ def linear_binary_cross_entropy_update(
     jitted and ``params`` and ``opt_state`` donated (``jax.jit(step, donate_argnums=...)``) the kernel and the
     optimizer state are updated in place, and a step takes the memory of the parameters, their state and one
     chunk, where the fused loss followed by ``optimizer.update`` also holds the kernel's gradient and the
-    updates (``bench/fused.py`` measures both). That takes XLA's in-place loop writes, which jaxlib 0.7.0 does
-    not give: there each updated array is copied once per step (still no kernel-sized gradient).
+    updates (docs/benchmarks.md gives both). That takes XLA's in-place loop writes; an older XLA that does not
+    give them copies each updated array once per step (still no kernel-sized gradient).
 
     Sharding: with the kernel, the bias and the state sharded over classes (Explicit or Auto axes), each device
     updates its own columns and every result keeps its argument's sharding. Inside ``shard_map`` with the
     classes split, each shard's loss and ``features_grad`` are those of its classes: use ``reduction="sum"``
-    (a mean would divide by the local classes) and ``psum`` the two over the class axis (tests/test_update.py).
+    (a mean would divide by the local classes) and ``psum`` the two over the class axis.
 
     A 16-bit classifier. Without ``key``, bfloat16 or float16 parameters are updated in their own dtype, as
     ``optax.apply_updates`` does; then an update below half a weight's spacing (2^-9 of it in bfloat16) is lost,
@@ -261,9 +261,9 @@ def linear_binary_cross_entropy_update(
     and such a head diverged in examples/extreme_multilabel.py). Pass a new key at every step
     (``jax.random.fold_in(key, step)``); inside ``shard_map`` also fold in ``jax.lax.axis_index`` of the class
     axis, or every shard rounds with the same numbers. float32 parameters are not rounded: there ``key`` changes
-    nothing. On the CPU, two costs: the random numbers take about as long as a matmul per rounded array
-    (``jax.random.key(seed, impl="rbg")`` halves that), and XLA:CPU cannot write bfloat16 in place in a loop, so
-    most bfloat16 arrays are copied once per step (float16 ones are not; tests/test_update.py measures both).
+    nothing. On the CPU, two costs: the random numbers cost about a matmul per rounded array
+    (``jax.random.key(seed, impl="rbg")`` is cheaper), and XLA:CPU cannot write bfloat16 in place in a loop, so
+    most bfloat16 arrays are copied once per step (float16 ones are not).
 
     Args:
       features: ``(..., D)`` float16, bfloat16, float32 or float64: the last hidden layer.
@@ -297,7 +297,7 @@ def linear_binary_cross_entropy_update(
       ``(loss, features_grad, params, opt_state)``: the loss and its gradient in ``features`` equal the value
       and ``features`` gradient of :func:`linear_binary_cross_entropy` with the same arguments, and ``params``
       and ``opt_state`` those of ``optax.apply_updates(params, updates)`` and ``optimizer.update(grads,
-      opt_state, params)`` for its gradient ``grads`` (to float32 rounding; tests/test_update.py). Scalar state
+      opt_state, params)`` for its gradient ``grads`` (to float32 rounding). Scalar state
       (Adam's count, a schedule's step) advances once per call. The parameters and state keep their dtypes;
       with ``key`` their 16-bit arrays are the float32 step's rounded stochastically. The loss is in the promoted
       dtype of ``features`` and the kernel, as for :func:`linear_binary_cross_entropy`: bfloat16 for bfloat16
