@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo dist test test-thorough test-oldest-jax test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step bench-compile bench-gpu clean
+.PHONY: demo dist test test-fast test-thorough test-oldest-jax test-gpu check-gpu-hlo check-tpu-hlo docs lint format bench bench-accuracy bench-speed bench-fused bench-contrastive bench-train-step bench-compile bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,16 @@ lint: $(STAMP)
 
 # The fused losses' tests run twice: in the default 8-device session and in a one-device one, the layout that every
 # single-GPU user gets (tests/devices.py).
-FUSED_TESTS := tests/test_linear.py tests/test_update.py tests/test_label_sets.py tests/test_contrastive.py
+FUSED_TESTS := tests/test_linear.py tests/test_update.py tests/test_label_sets.py tests/test_contrastive.py tests/test_fast.py
 test: lint
 	$(BIN)/python -m pytest -n auto --durations=15
 	JAXBCE_TEST_DEVICES=1 $(BIN)/python -m pytest -n auto -p no:cacheprovider $(FUSED_TESTS)
+
+# The edit-test loop: every public function once against an independent computation, on 8 devices and on one
+# (tests/test_fast.py; under a minute here). make test checks everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests/test_fast.py
+	JAXBCE_TEST_DEVICES=1 $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests/test_fast.py
 
 # The oldest jax/jaxlib that pyproject.toml declares (tests/test_packaging.py holds the two in step), in a venv of
 # its own with the test extras only: the core tests there (not the docs' scaling examples, written with jax.set_mesh,

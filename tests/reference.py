@@ -280,11 +280,11 @@ def derivative(name, arrays, argnum, order, options):
 # float64 closed forms.
 
 
-def _softplus(x):
+def _softplus64(x):
     return -scipy.special.log_expit(-x)
 
 
-def _sigmoid(x):
+def _sigmoid64(x):
     return scipy.special.expit(x)  # exact to an ulp in float64; exp(-softplus(-x)) would lose |x| * eps
 
 
@@ -307,14 +307,14 @@ def float64_loss_and_gradient(name, options, x, y, weight, pos_weight) -> Float6
     loss_floor = 0.0
     if name in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss"):
         # Poly-1 (Leng et al.): eps (1 - p_t)**(gamma + 1), gamma = 0 for the BCE; not scaled by pos_weight or alpha_t.
-        q = ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
-        dq = (1 - 2 * ys) * _sigmoid(x) * _sigmoid(-x)
+        q = ys * _sigmoid64(-x) + (1 - ys) * _sigmoid64(x)
+        dq = (1 - 2 * ys) * _sigmoid64(x) * _sigmoid64(-x)
         epsilon, power = options.get("poly_epsilon", 0.0), options.get("gamma", 0.0) + 1
         poly, d_poly = epsilon * q**power, epsilon * power * q ** (power - 1) * dq
     if name == "binary_cross_entropy_with_logits":
-        loss = pos_weight * ys * _softplus(-x) + (1 - ys) * _softplus(x)
-        grad = (1 - ys) * _sigmoid(x) - pos_weight * ys * _sigmoid(-x)
-        size = pos_weight * ys * _sigmoid(-x) + (1 - ys) * _sigmoid(x)
+        loss = pos_weight * ys * _softplus64(-x) + (1 - ys) * _softplus64(x)
+        grad = (1 - ys) * _sigmoid64(x) - pos_weight * ys * _sigmoid64(-x)
+        size = pos_weight * ys * _sigmoid64(-x) + (1 - ys) * _sigmoid64(x)
     elif name == "binary_cross_entropy":
         with np.errstate(divide="ignore"):
             log_p, log_not_p = np.maximum(np.log(x), -100), np.maximum(np.log1p(-x), -100)
@@ -325,30 +325,30 @@ def float64_loss_and_gradient(name, options, x, y, weight, pos_weight) -> Float6
         grad, size = (negative - positive) / floor, np.maximum(negative, positive) / floor
     elif name == "sigmoid_focal_loss":
         alpha, gamma = options["alpha"], options["gamma"]
-        ce = ys * _softplus(-x) + (1 - ys) * _softplus(x)
+        ce = ys * _softplus64(-x) + (1 - ys) * _softplus64(x)
         alpha_t = 1.0 if alpha is None else alpha * ys + (1 - alpha) * (1 - ys)
         with np.errstate(divide="ignore", invalid="ignore"):
             d_factor = np.where(q > 0, gamma * q ** (gamma - 1), 0.0) if gamma else 0.0
         factor = q**gamma
         loss = alpha_t * factor * ce
-        terms = (d_factor * dq * ce, factor * (_sigmoid(x) - ys))
+        terms = (d_factor * dq * ce, factor * (_sigmoid64(x) - ys))
         grad = alpha_t * (terms[0] + terms[1])
-        size = alpha_t * (np.abs(terms[0]) + factor * np.maximum(_sigmoid(x), ys))
+        size = alpha_t * (np.abs(terms[0]) + factor * np.maximum(_sigmoid64(x), ys))
     elif name == "binary_entropy":
         weight = 1.0  # binary_entropy takes no weight
-        p, not_p = _sigmoid(x), _sigmoid(-x)  # not 1 - p, which cancels in float64 too
-        loss = p * _softplus(-x) + not_p * _softplus(x)
-        grad = -x * p * _sigmoid(-x)
+        p, not_p = _sigmoid64(x), _sigmoid64(-x)  # not 1 - p, which cancels in float64 too
+        loss = p * _softplus64(-x) + not_p * _softplus64(x)
+        grad = -x * p * _sigmoid64(-x)
         size = np.abs(grad)
     elif name == "asymmetric_loss":
-        loss, grad, size = _asymmetric(x, ys, pos_weight, **options)
+        loss, grad, size = _asymmetric64(x, ys, pos_weight, **options)
     elif name == "binary_kl_divergence":
         t = y
-        loss = _softplus(x) - _softplus(t) - _sigmoid(t) * (x - t)
-        grad = _sigmoid(x) - _sigmoid(t)
-        size = np.maximum(_sigmoid(x), _sigmoid(t))
+        loss = _softplus64(x) - _softplus64(t) - _sigmoid64(t) * (x - t)
+        grad = _sigmoid64(x) - _sigmoid64(t)
+        size = np.maximum(_sigmoid64(x), _sigmoid64(t))
         # the float64 textbook form cancels: its own error is ~eps64 * (size of its terms)
-        loss_floor = 4 * np.finfo(np.float64).eps * (_softplus(x) + _softplus(t) + np.abs(_sigmoid(t) * (x - t)))
+        loss_floor = 4 * np.finfo(np.float64).eps * (_softplus64(x) + _softplus64(t) + np.abs(_sigmoid64(t) * (x - t)))
     else:
         raise NotImplementedError(f"no float64 reference for {name} here")
     loss_size = np.abs(loss) + np.abs(poly)
@@ -356,12 +356,12 @@ def float64_loss_and_gradient(name, options, x, y, weight, pos_weight) -> Float6
     return Float64Reference(*(weight * a for a in (loss, grad, size, loss_size, loss_floor)))
 
 
-def _asymmetric(x, y, pos_weight, gamma_pos, gamma_neg, clip):
+def _asymmetric64(x, y, pos_weight, gamma_pos, gamma_neg, clip):
     """ASL and its logits derivative in float64; p - clip as (1 - clip) p (1 - exp(x0 - x)), x0 = logit(clip),
     which does not cancel near the clip."""
-    p, s = _sigmoid(x), _sigmoid(-x)
-    positive = s**gamma_pos * _softplus(-x)
-    d_positive = -(s**gamma_pos) * (gamma_pos * p * _softplus(-x) + s)
+    p, s = _sigmoid64(x), _sigmoid64(-x)
+    positive = s**gamma_pos * _softplus64(-x)
+    d_positive = -(s**gamma_pos) * (gamma_pos * p * _softplus64(-x) + s)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if clip:
             x0 = np.log(clip / (1 - clip))
@@ -372,8 +372,8 @@ def _asymmetric(x, y, pos_weight, gamma_pos, gamma_neg, clip):
             lower = gamma_neg * p_m ** (gamma_neg - 1) * neg_log_v if gamma_neg else 0.0
             d_negative = np.where(kept, p * s * (lower + p_m**gamma_neg / (s + clip)), 0.0)
         else:
-            negative = p**gamma_neg * _softplus(x)
-            lower = gamma_neg * p ** (gamma_neg - 1) * _softplus(x) if gamma_neg else 0.0
+            negative = p**gamma_neg * _softplus64(x)
+            lower = gamma_neg * p ** (gamma_neg - 1) * _softplus64(x) if gamma_neg else 0.0
             d_negative = p * s * lower + p**gamma_neg * p
     loss = pos_weight * y * positive + np.where(y == 1, 0.0, (1 - y) * negative)
     grad = pos_weight * y * d_positive + (1 - y) * d_negative

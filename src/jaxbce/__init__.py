@@ -1,8 +1,9 @@
 """jaxbce: numerically exact, fast binary cross-entropy losses for JAX.
 
 Every function is pure, jit-compiled and vmap-able. The elementwise losses are differentiable to any order in
-every array argument, with derivatives of orders 1 to 3 finite over the whole range of logits, except ``binary_cross_entropy``'s gradient in ``probs``, which is PyTorch's
-(finite on all of [0, 1], but not the derivative of the clamped value where a clamp is active).
+every array argument, with derivatives of orders 1 to 3 finite over the whole range of logits, except
+``binary_cross_entropy``'s gradient in ``probs``, which is PyTorch's (finite on all of [0, 1], but not the
+derivative of the clamped value where a clamp is active).
 ``linear_binary_cross_entropy`` (the BCE fused with the last matmul) is differentiable in reverse mode, to
 first order, in its parameters.
 """

@@ -167,7 +167,7 @@ def _clipped_negative_slope_plain(gamma, clip, x):
     clipped_negative, value_and_slope=_clipped_negative_value_and_slope, plain_slope=_clipped_negative_slope_plain
 )
 def _clipped_negative_partials(gamma, clip, x):
-    return (None,)
+    return ()  # x, the only array, has the slope
 
 
 def _unclipped(x, label, gamma, pos_weight=None):

@@ -262,10 +262,11 @@ def sigmoid_contrastive_loss(
 
     Gradients: reverse mode in both embeddings, ``logit_scale`` and ``logit_bias``, formed block by block in
     the forward pass of a ``jax.custom_vjp`` (the backward pass only scales them), equal to the dense form's
-    under the same transformations as :func:`linear_binary_cross_entropy`, and inside ``shard_map`` with ``check_vma`` True or False. Second derivatives work as reverse-over-reverse
-    and forward-over-reverse (``jax.hessian``, holding the pairs' residuals); forward mode alone is not
-    supported (JAX raises a ``TypeError``). Under :func:`jaxbce.checked`, NaN in a kept row of either
-    embedding, or in ``logit_scale`` or ``logit_bias``, is reported with its index.
+    under the same transformations as :func:`linear_binary_cross_entropy`, and inside ``shard_map`` with
+    ``check_vma`` True or False. Second derivatives work as reverse-over-reverse and forward-over-reverse
+    (``jax.hessian``, holding the pairs' residuals); forward mode alone is not supported (JAX raises a
+    ``TypeError``). Under :func:`jaxbce.checked`, NaN in a kept row of either embedding, or in ``logit_scale``
+    or ``logit_bias``, is reported with its index.
 
     Raises:
       TypeError: embeddings or scalars not real floating, ``where`` not bool.

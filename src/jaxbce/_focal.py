@@ -109,7 +109,7 @@ def _q_power_partials(exponent, x, positive, negative):
         lower, sigmoid_x, _ = factors()
         return lower * sigmoid_x
 
-    return None, d_positive, d_negative
+    return d_positive, d_negative
 
 
 @jax.custom_jvp
@@ -150,7 +150,7 @@ def _log_q_slope_partials(x, positive, negative):
         sigmoid_x, sigmoid_minus_x = sigmoids(x)
         return sigmoid_x * sigmoid_minus_x * _q_power(x, positive, negative, -2.0)
 
-    return None, lambda: -negative * curvature(), lambda: positive * curvature()
+    return lambda: -negative * curvature(), lambda: positive * curvature()
 
 
 def _alpha_t(alpha, positive, negative):
@@ -274,7 +274,7 @@ def _sigmoid_focal_partials(gamma, label_smoothing, x, y, alpha):
         positive, negative = smoothed_labels(y, label_smoothing)
         return (positive - negative) * without_alpha()
 
-    return None, d_labels, d_alpha
+    return d_labels, d_alpha
 
 
 def _q_power_or_one(x, y, gamma, label_smoothing):
@@ -322,4 +322,4 @@ def _accurate_q_power_partials(exponent, label_smoothing, x, y):
         positive, negative = smoothed_labels(y, label_smoothing)
         return _q_power_label_slope(x, positive, negative, exponent) * (1 - label_smoothing)
 
-    return None, d_labels
+    return (d_labels,)

@@ -76,7 +76,8 @@ def define_partials(
     ``value_and_slope(*static, *arrays)``, where given, returns the function's value and its partial derivative
     in the first array argument (the slope) from one evaluation: a double-word core forms the two from the same
     pairs, which the rule then builds once rather than twice. The slope has the derivatives of
-    ``plain_slope(*static, *arrays)`` (as :func:`corrected` gives them), and ``partials``' first entry is None.
+    ``plain_slope(*static, *arrays)`` (as :func:`corrected` gives them), and ``partials`` returns the partials
+    in the other array arguments only.
     """
     static_positions = tuple(sorted(function.nondiff_argnums))
     static_count = len(static_positions)
@@ -90,7 +91,8 @@ def define_partials(
                 *static, primals, tangents = args
                 out, slope = value_and_slope_jvp(*static, *primals)
                 slope_tangent = _jvp_in_varying(functools.partial(plain_slope, *static), primals, tangents, slope)
-                return (out, slope), (_tangent(partials(*static, *primals), tangents, out, slope), slope_tangent)
+                tangent = _tangent((lambda: slope, *partials(*static, *primals)), tangents, out)
+                return (out, slope), (tangent, slope_tangent)
 
             value_and_slope_jvp.defjvp(value_and_slope_rule, symbolic_zeros=True)
 
@@ -100,10 +102,10 @@ def define_partials(
                 call = list(primals)
                 for position, value in zip(static_positions, static, strict=True):
                     call.insert(position, value)
-                out, slope = function(*call), None
-            else:
-                out, slope = value_and_slope_jvp(*static, *primals)
-            return out, _tangent(partials(*static, *primals), tangents, out, slope)
+                out = function(*call)
+                return out, _tangent(partials(*static, *primals), tangents, out)
+            out, slope = value_and_slope_jvp(*static, *primals)
+            return out, _tangent((lambda: slope, *partials(*static, *primals)), tangents, out)
 
         function.defjvp(rule, symbolic_zeros=True)
         return partials
@@ -115,13 +117,12 @@ def _has_tangent(tangent) -> bool:
     return tangent is not None and type(tangent) is not SymbolicZero
 
 
-def _tangent(partials, tangents, out: jax.Array, slope: jax.Array | None) -> jax.Array:
-    """The sum of ``partial() * tangent`` over the tangents that are not symbolic zeros (the first partial
-    ``slope`` where that is given)."""
+def _tangent(partials, tangents, out: jax.Array) -> jax.Array:
+    """The sum of ``partial() * tangent`` over the tangents that are not symbolic zeros."""
     total = None
-    for i, (partial, tangent) in enumerate(zip(partials, tangents, strict=True)):
+    for partial, tangent in zip(partials, tangents, strict=True):
         if _has_tangent(tangent):
-            term = (slope if i == 0 and slope is not None else partial()) * tangent
+            term = partial() * tangent
             total = term if total is None else total + term
     return jnp.zeros_like(out) if total is None else total
 

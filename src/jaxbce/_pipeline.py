@@ -28,7 +28,7 @@ from jaxbce._arguments import (
     normalize_axis,
 )
 from jaxbce._jit import current_function
-from jaxbce._reductions import Terms, masked_terms, normalize, prepare, sum_terms
+from jaxbce._reductions import Terms, masked_terms, masked_weight, normalize, prepare, sum_terms
 from jaxbce._sharding import sharded_like
 from jaxbce._value_checks import register_value_checks
 
@@ -113,5 +113,5 @@ def compute_loss(
         prepared, weight_array = prepare(arrays, weight_array, keep, masked_values, dtype)
         return masked_terms(terms.exact, dtype, prepared, weight_array, keep).astype(out_dtype)
     total = sum_terms(terms, dtype, arrays, weight_array, keep, masked_values, shape, axes)
-    kept_weight = prepare([], weight_array, keep, [], dtype)[1]
+    kept_weight = masked_weight(weight_array, keep, dtype)
     return normalize(total, shape, axes, reduction, keep, kept_weight).astype(out_dtype)

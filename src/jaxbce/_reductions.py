@@ -36,28 +36,26 @@ def prepare(arrays, weight, keep, masked_values, dtype):
     and 0), in ``dtype``; without a mask they keep their dtype: the sums cast them inside their loops."""
     if keep is None:
         return arrays, weight
-    values = [*masked_values, _MASKED_WEIGHT]
     prepared = [
         None if array is None else jnp.where(keep, array.astype(dtype), jnp.asarray(value, dtype))
-        for array, value in zip([*arrays, weight], values, strict=True)
+        for array, value in zip(arrays, masked_values, strict=True)
     ]
-    return prepared[:-1], prepared[-1]
+    return prepared, masked_weight(weight, keep, dtype)
 
 
-def masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) -> jax.Array:
-    """``core`` of ``arrays`` cast to ``dtype``, times ``weight``, masked by ``keep``."""
+def masked_weight(weight, keep, dtype):
+    """``weight`` with its masked-out elements 0 (in ``dtype``), so that they drop out of a sum of weights."""
+    if keep is None or weight is None:
+        return weight
+    return jnp.where(keep, weight.astype(dtype), jnp.asarray(_MASKED_WEIGHT, dtype))
 
-    def cast(array):
-        if array is None:
-            return None
-        if fusible and array.dtype == np.bool_:
-            # bool -> float is a loop that YNNPACK cannot take (it writes 4 bytes per element); bool -> uint8
-            # writes 1, and uint8 -> float is part of the fused sum.
-            array = array.astype(np.uint8)
-        return array.astype(dtype)
 
-    arrays, weight = [cast(array) for array in arrays], cast(weight)
-    removed = None if weight is None or fusible else weight == 0
+def masked_terms(core, dtype, arrays, weight, keep) -> jax.Array:
+    """``core`` of ``arrays`` cast to ``dtype``, times ``weight``, masked by ``keep``: the exact terms, with
+    derivatives."""
+    arrays = [None if a is None else a.astype(dtype) for a in arrays]
+    weight = None if weight is None else weight.astype(dtype)
+    removed = None if weight is None else weight == 0
     if removed is not None:
         # A zero weight removes its element from every derivative of the other arguments, even where the loss's
         # derivative there is infinite (labels at logits near the largest float): the core's rule would make
@@ -70,17 +68,33 @@ def masked_terms(core, dtype, arrays, weight, keep, *, fusible: bool = False) ->
     if weight is not None:
         # A zero weight removes its element's value even where the loss is infinite (0 * inf is taken as 0; the
         # weight's own derivative there is the loss, or 0 where it is infinite); a NaN loss still propagates.
-        # The fusible terms leave 0 * inf = NaN to the exact fallback of _sum.
-        loss = weight * loss if fusible else weighted(weight, loss)
-    if keep is not None:
-        # The fusible terms are of the unmasked inputs: a masked element's finite loss * 0 is 0, and NaN or inf
-        # garbage makes the sum NaN, which sends it to the exact path (whose inputs are _prepare'd).
-        loss = loss * cast(keep) if fusible else jnp.where(keep, loss, 0)
-    return loss
+        loss = weighted(weight, loss)
+    return loss if keep is None else jnp.where(keep, loss, 0)
+
+
+def fusible_masked_terms(core, dtype, arrays, weight, keep) -> jax.Array:
+    """The same values as :func:`masked_terms` in the operations that XLA:CPU fuses into a sum: plain products,
+    no derivative. ``0 * inf`` is left NaN, and so is a masked element's NaN or inf garbage (these terms are of
+    the unmasked inputs): a NaN sum sends :func:`sum_terms` to the exact terms, whose inputs are prepared."""
+
+    def cast(array):
+        if array is None:
+            return None
+        if array.dtype == np.bool_:
+            # bool -> float is a loop that YNNPACK cannot take (it writes 4 bytes per element); bool -> uint8
+            # writes 1, and uint8 -> float is part of the fused sum.
+            array = array.astype(np.uint8)
+        return array.astype(dtype)
+
+    loss = core(*[cast(array) for array in arrays])
+    if weight is not None:
+        loss = cast(weight) * loss
+    return loss if keep is None else loss * cast(keep)
 
 
 # XLA:CPU hands a reduction to YNNPACK from this many input elements on (XLA's threshold; another value only moves
-# where the fusible terms are used, never a result); smaller sums stay in XLA's own loops, where the fusible terms gain nothing and the NaN check would be a fixed cost.
+# where the fusible terms are used, never a result); smaller sums stay in XLA's own loops, where the fusible
+# terms gain nothing and the NaN check would be a fixed cost.
 FUSIBLE_MIN_ELEMENTS = 4096
 
 
@@ -111,7 +125,7 @@ def sum_terms(terms: Terms, dtype, arrays, weight, keep, masked_values, shape, a
         # shared, they are written to memory as operands of both (the fusible terms take their constants
         # opaque for the same reason).
         opaque = jax.lax.optimization_barrier((arrays, weight, keep))
-        total = jnp.sum(masked_terms(terms.fusible, dtype, *opaque, fusible=True), axis=axes)
+        total = jnp.sum(fusible_masked_terms(terms.fusible, dtype, *opaque), axis=axes)
         # A fusible term may be 0 where its exact value is subnormal or a small multiple of one (XLA flushes
         # subnormal intermediates): below 2**-119 times its weight and pos_weight in every jaxbce loss. Those
         # change a sum of n kept terms of at least n * 2**-64 by less than 2**-55 of itself (times the largest
