@@ -35,9 +35,12 @@ class FusedLoss(NamedTuple):
     differentiable: tuple[str, ...]
     fused: Callable[..., jax.Array]  # (reduction, **arguments) -> scalar
     materialised: Callable[..., jax.Array]
+    every_subset: bool = True  # every subset under EVERY_SUBSET's patterns, or each argument alone and all
 
 
-def _linear() -> FusedLoss:
+def _linear(fused_loss=jaxbce.linear_binary_cross_entropy, elementwise=None, per_class_name="pos_weight", **options):
+    """A fused loss of the sigmoid family against its elementwise loss of the materialised logits; ``per_class_name``
+    is the name of its per-class array (``pos_weight``, or the focal loss's ``alpha``)."""
     rng = np.random.default_rng(0)
     batch, dim, classes = 6, 4, 9
     positives = np.array([[0, 3, -1], [8, 8, 1], [-1, -1, -1], [2, 5, 7], [4, -1, 6], [1, 0, 8]], np.int32)
@@ -48,7 +51,7 @@ def _linear() -> FusedLoss:
         "features": rng.normal(size=(batch, dim)).astype(np.float32),
         "kernel": (rng.normal(size=(dim, classes)) / 2).astype(np.float32),
         "bias": rng.normal(size=(classes,)).astype(np.float32),
-        "pos_weight": rng.uniform(0.5, 3.0, size=(classes,)).astype(np.float32),
+        "per_class": rng.uniform(0.1, 0.9, size=(classes,)).astype(np.float32),
         "weight": rng.uniform(0.2, 2.0, size=(batch, classes)).astype(np.float32),  # per element
         "labels": labels,
         "positives": positives,
@@ -58,22 +61,28 @@ def _linear() -> FusedLoss:
     def scalar(out):  # "none": a weighted sum of the per-example losses, so that each row's cotangent differs
         return jnp.sum(coefficients * out) if out.ndim else out
 
-    def fused(reduction, *, features, kernel, bias, pos_weight, weight, labels, positives):
+    def fused(reduction, *, features, kernel, bias, per_class, weight, labels, positives):
         # Sparse positives for the sum and batchmean, dense labels for the others: the same targets.
         target = {"positives": positives} if reduction in ("sum", "batchmean") else {"labels": labels}
         return scalar(
-            jaxbce.linear_binary_cross_entropy(
-                features, kernel, **target, bias=bias, pos_weight=pos_weight, weight=weight, reduction=reduction,
-                chunk_size=4,
+            fused_loss(
+                features, kernel, **target, bias=bias, weight=weight, reduction=reduction, chunk_size=4,
+                **{per_class_name: per_class}, **options,
             )
         )  # fmt: skip
 
-    def materialised(reduction, *, features, kernel, bias, pos_weight, weight, labels, positives):
+    def materialised(reduction, *, features, kernel, bias, per_class, weight, labels, positives):
         del positives
-        return scalar(linear_bce(features, kernel, bias, pos_weight, weight, labels=labels, reduction=reduction))
+        if elementwise is None:
+            return scalar(linear_bce(features, kernel, bias, per_class, weight, labels=labels, reduction=reduction))
+        logits = features @ kernel + bias
+        per_example = {"reduction": "sum", "axis": -1} if reduction == "none" else {"reduction": reduction}
+        arrays = {"weight": weight, per_class_name: per_class}
+        return scalar(elementwise(logits, labels, **arrays, **per_example, **options))
 
-    differentiable = ("features", "kernel", "bias", "pos_weight", "weight")
-    return FusedLoss("linear_binary_cross_entropy", arguments, differentiable, fused, materialised)
+    differentiable = ("features", "kernel", "bias", "per_class", "weight")
+    every_subset = elementwise is None
+    return FusedLoss(fused_loss.__name__, arguments, differentiable, fused, materialised, every_subset)
 
 
 def _contrastive() -> FusedLoss:
@@ -97,10 +106,18 @@ def _contrastive() -> FusedLoss:
     return FusedLoss("sigmoid_contrastive_loss", arguments, ("images", "texts", "scale", "bias"), fused, materialised)
 
 
-LOSSES = (_linear(), _contrastive())
+LOSSES = (
+    _linear(),
+    _linear(jaxbce.linear_sigmoid_focal_loss, jaxbce.sigmoid_focal_loss, "alpha", gamma=1.5, poly_epsilon=0.5),
+    _linear(jaxbce.linear_asymmetric_loss, jaxbce.asymmetric_loss, "pos_weight", gamma_pos=1.0),
+    _contrastive(),
+)
 # Cycled over the cases, so that every reduction meets many patterns without multiplying the cases.
+FUSED_REDUCTIONS = ("mean", "sum", "batchmean", "none")
 REDUCTIONS = {
-    "linear_binary_cross_entropy": ("mean", "sum", "batchmean", "none"),
+    "linear_binary_cross_entropy": FUSED_REDUCTIONS,
+    "linear_sigmoid_focal_loss": FUSED_REDUCTIONS,
+    "linear_asymmetric_loss": FUSED_REDUCTIONS,
     "sigmoid_contrastive_loss": ("all", "masked"),
 }
 CHECKPOINT_POLICIES = (
@@ -260,7 +277,8 @@ def _cases():
     for loss in LOSSES:
         alone_and_all = [(name,) for name in loss.differentiable] + [loss.differentiable]
         for pattern in PATTERNS:
-            subsets = _subsets(loss.differentiable) if pattern in EVERY_SUBSET else alone_and_all
+            every = pattern in EVERY_SUBSET and loss.every_subset
+            subsets = _subsets(loss.differentiable) if every else alone_and_all
             cases += [(loss, subset, pattern) for subset in subsets]
     random.Random(20261204).shuffle(cases)
     return cases

@@ -9,7 +9,7 @@ first order, in its parameters.
 """
 
 from jaxbce._contrastive import sigmoid_contrastive_loss
-from jaxbce._linear import linear_binary_cross_entropy
+from jaxbce._linear import linear_asymmetric_loss, linear_binary_cross_entropy, linear_sigmoid_focal_loss
 from jaxbce._losses import (
     asymmetric_loss,
     binary_cross_entropy,
@@ -32,8 +32,10 @@ __all__ = [
     "binary_kl_divergence",
     "checked",
     "class_balanced_weights",
+    "linear_asymmetric_loss",
     "linear_binary_cross_entropy",
     "linear_binary_cross_entropy_update",
+    "linear_sigmoid_focal_loss",
     "pos_weight_from_counts",
     "sigmoid_contrastive_loss",
     "sigmoid_focal_loss",

@@ -2,8 +2,8 @@
 
 Why chunks. With C in the hundreds of thousands the logits ``features @ kernel + bias``, their labels and
 their gradient are the largest arrays of a train step, larger than the model. Here the classes are visited in
-chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fed to the elementwise BCE core
-(``_elementwise.bce_with_logits``, the same function and ``custom_jvp`` rule as
+chunks inside one ``lax.fori_loop``: a chunk's logits are formed by a matmul, fed to the loss's elementwise core
+(``Config.core``, built by ``_cores``: the same function and ``custom_jvp`` rules as the elementwise loss, such as
 :func:`jaxbce.binary_cross_entropy_with_logits`) and dropped, so no array of size rows x C is ever held.
 :func:`row_losses` is the value-only loop (one matmul per chunk); :func:`row_losses_and_gradients` forms the
 gradients of a row-weighted sum as it goes (three matmuls per chunk); :func:`row_losses_and_updates` applies an
@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbce import _elementwise
 from jaxbce._numerics import weighted
 
 # A chunk's float32 logits and their gradient are about this many elements each: 8 MiB, small next to a
@@ -131,7 +130,7 @@ class Config(NamedTuple):
     """What the loop needs besides arrays: static and hashable."""
 
     layout: Layout
-    label_smoothing: float
+    core: Callable  # the elementwise core, core(logits, labels, per_class) (_cores)
     ignore_label: float | None
     precision: Any
     dtype: np.dtype  # compute dtype of logits, losses and gradients
@@ -144,7 +143,7 @@ class Parameters(NamedTuple):
     features: jax.Array  # (N, D), masked rows zeroed
     kernel: jax.Array  # (D, groups, group_size), or (groups, group_size, D) with kernel_axis=-2
     bias: jax.Array | None  # (groups, group_size)
-    pos_weight: jax.Array | None  # (groups, group_size)
+    per_class: jax.Array | None  # (groups, group_size): the core's third array (pos_weight, or alpha)
     weight: jax.Array | None = None  # per class (groups, group_size) or per element (N, groups, group_size)
 
 
@@ -314,7 +313,7 @@ class _Chunk(NamedTuple):
 
     logits: jax.Array
     labels: jax.Array
-    pos_weight: jax.Array | None
+    per_class: jax.Array | None
     weight: jax.Array | None
     valid: jax.Array | None  # the elements that count (None: all): fresh classes, known labels, kept texts
 
@@ -324,17 +323,17 @@ def _chunk_inputs(parameters: Parameters, targets: Targets, j: jax.Array, config
     logits = chunk_logits(config, parameters.features, take(parameters.kernel, j, layout, config.kernel_axis))
     if parameters.bias is not None:
         logits = logits + _take_flat(parameters.bias, j, layout).astype(config.dtype)
-    pos_weight, weight = (_take_flat(a, j, layout) for a in (parameters.pos_weight, parameters.weight))
-    pos_weight, weight = (None if a is None else a.astype(config.dtype) for a in (pos_weight, weight))
+    per_class, weight = (_take_flat(a, j, layout) for a in (parameters.per_class, parameters.weight))
+    per_class, weight = (None if a is None else a.astype(config.dtype) for a in (per_class, weight))
     labels, known = _chunk_labels(targets, parameters.features.shape[0], j, config)
     fresh = layout.fresh(j)
     fresh = None if fresh is None else jnp.tile(fresh, layout.groups)
     valid = both(both(fresh, known), _take_flat(targets.classes_kept, j, layout))
-    return _Chunk(logits, labels, pos_weight, weight, valid)
+    return _Chunk(logits, labels, per_class, weight, valid)
 
 
 def _elementwise_loss(config: Config, chunk: _Chunk) -> jax.Array:
-    loss = _elementwise.bce_with_logits(chunk.logits, chunk.labels, chunk.pos_weight, config.label_smoothing)
+    loss = config.core(chunk.logits, chunk.labels, chunk.per_class)
     if chunk.weight is not None:
         loss = weighted(chunk.weight, loss)  # a zero weight removes its element even where its loss is infinite
     return loss if chunk.valid is None else jnp.where(chunk.valid, loss, 0)
@@ -371,15 +370,15 @@ def row_losses(config: Config, parameters: Parameters, targets: Targets) -> jax.
 
 
 def _chunk_gradients(config: Config, parameters: Parameters, targets: Targets, row_scale: jax.Array, j: jax.Array):
-    """Step ``j``'s gradients of ``sum(row_scale * row_losses)`` in its logits, pos_weight and weight, and its
-    row losses."""
+    """Step ``j``'s gradients of ``sum(row_scale * row_losses)`` in its logits, per-class array and weight, and
+    its row losses."""
     chunk = _chunk_inputs(parameters, targets, j, config)
 
-    def scaled_sum(x, pw, w):
-        loss = _elementwise_loss(config, chunk._replace(logits=x, pos_weight=pw, weight=w))
+    def scaled_sum(x, per_class, w):
+        loss = _elementwise_loss(config, chunk._replace(logits=x, per_class=per_class, weight=w))
         return jnp.sum(row_scale[:, None] * loss), _row_sums(loss)
 
-    total, pullback, chunk_rows = jax.vjp(scaled_sum, chunk.logits, chunk.pos_weight, chunk.weight, has_aux=True)
+    total, pullback, chunk_rows = jax.vjp(scaled_sum, chunk.logits, chunk.per_class, chunk.weight, has_aux=True)
     return (*pullback(jnp.ones_like(total)), chunk_rows)
 
 
@@ -392,7 +391,7 @@ def row_losses_and_gradients(
 
     def step(j, carry):
         rows, gradients = carry
-        d_logits, d_pos_weight, d_weight, chunk_rows = _chunk_gradients(config, parameters, targets, row_scale, j)
+        d_logits, d_per_class, d_weight, chunk_rows = _chunk_gradients(config, parameters, targets, row_scale, j)
         if gradients.features is not None:  # d_logits @ kernel_chunk.T, summed over chunks
             d_features = features_gradient(config, d_logits, take(kernel, j, layout, config.kernel_axis))
             gradients = gradients._replace(features=gradients.features + d_features)
@@ -401,8 +400,8 @@ def row_losses_and_gradients(
             gradients = gradients._replace(kernel=put(gradients.kernel, d_kernel, j, layout, config.kernel_axis))
         if gradients.bias is not None:
             gradients = gradients._replace(bias=put(gradients.bias, d_logits.sum(axis=0), j, layout))
-        if gradients.pos_weight is not None:
-            gradients = gradients._replace(pos_weight=put(gradients.pos_weight, d_pos_weight, j, layout))
+        if gradients.per_class is not None:
+            gradients = gradients._replace(per_class=put(gradients.per_class, d_per_class, j, layout))
         if gradients.weight is not None:
             gradients = gradients._replace(weight=put(gradients.weight, d_weight, j, layout))
         return rows + chunk_rows, gradients

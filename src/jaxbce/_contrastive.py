@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbce import _chunks
+from jaxbce import _chunks, _cores
 from jaxbce._arguments import Role, as_mask, check_chunk_size, check_shape, checked_array, compute_dtype
 from jaxbce._jit import jit_loss
 from jaxbce._numerics import weighted
@@ -51,6 +51,10 @@ from jaxbce._value_checks import register_value_checks, value_checks_enabled
 # at full speed.
 _ROWS = 1024
 _BLOCK_ELEMENTS = 2**20
+
+
+# The SigLIP loss is the BCE of every pair, positive on the diagonal.
+_BCE = _cores.bce()
 
 
 class _Config(NamedTuple):
@@ -77,12 +81,12 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     chunk = config.chunk_size or max(_chunks.MIN_CHUNK, _BLOCK_ELEMENTS // rows)
     layout = _chunks.choose_layout(classes, rows, chunk, config.text_groups)
     # The texts are the kernel in the (C, D) layout, scaled: the logits are scale * images @ texts.T + bias.
-    linear_config = _chunks.Config(layout, 0.0, None, config.precision, config.dtype, kernel_axis=-2)
+    linear_config = _chunks.Config(layout, _BCE, None, config.precision, config.dtype, kernel_axis=-2)
     parameters = _chunks.Parameters(
         features=images,
         kernel=_chunks.by_chunk(scale * texts, layout, axis=-2),
         bias=_chunks.by_chunk(jnp.broadcast_to(bias, (classes,)), layout),
-        pos_weight=None,
+        per_class=None,
     )
     positive = row_offset + jnp.arange(rows)
     targets = _chunks.Targets(
@@ -93,7 +97,7 @@ def _block(config: _Config, images, texts, scale, bias, row_scale, row_offset, t
     )
     if not gradients:
         return _chunks.row_losses(linear_config, parameters, targets), None
-    wanted = _chunks.Parameters(features=True, kernel=True, bias=True, pos_weight=False, weight=False)
+    wanted = _chunks.Parameters(features=True, kernel=True, bias=True, per_class=False, weight=False)
     losses, grads = _chunks.row_losses_and_gradients(linear_config, parameters, targets, row_scale, wanted)
     d_kernel = _chunks.from_chunks(grads.kernel, layout, axis=-2)  # (T, D)
     return losses, _Gradients(

@@ -5,6 +5,7 @@ Shared by :func:`jaxbce.linear_binary_cross_entropy` (``_linear``) and
 """
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -14,11 +15,11 @@ from jax.experimental import sparse
 
 from jaxbce import _chunks
 from jaxbce._arguments import (
+    Arg,
     Role,
     as_mask,
     check_broadcasts,
     check_chunk_size,
-    check_fraction,
     check_ignore_label,
     check_ignore_label_fits,
     check_reduction,
@@ -53,7 +54,7 @@ class Options(NamedTuple):
     """The static options of one call."""
 
     reduction: str
-    label_smoothing: float
+    core: Callable  # the elementwise core (_cores)
     ignore_label: float | None
     chunk_size: int | None
     precision: Any
@@ -72,7 +73,7 @@ class Arrays(NamedTuple):
     positives: jax.Array | None  # (..., P)
     entries: _chunks.SparseLabels | None  # a BCOO's entries, rows flattened over the batch
     bias: jax.Array | None  # (C,)
-    pos_weight: jax.Array | None  # broadcasts to (C,)
+    per_class: jax.Array | None  # the core's third array (pos_weight, or alpha): broadcasts to (C,)
     weight: jax.Array | None  # broadcasts to (..., C)
     keep: jax.Array | None  # (...) bool: the examples kept
 
@@ -132,8 +133,8 @@ def checked_arguments(
     positives,
     bias,
     weight,
-    pos_weight,
-    label_smoothing,
+    core,
+    per_class: Arg,
     where,
     ignore_label,
     reduction,
@@ -143,7 +144,6 @@ def checked_arguments(
 ) -> tuple[Options, Arrays]:
     """The fused losses' arguments checked (and the value checks registered): the static options and the
     arrays."""
-    label_smoothing = check_fraction("label_smoothing", label_smoothing)
     ignore_label = check_ignore_label(ignore_label)
     check_reduction(reduction, valid=REDUCTIONS)
     check_chunk_size(chunk_size)
@@ -177,13 +177,13 @@ def checked_arguments(
         check_ignore_label_fits(function, ignore_label, labels)
     positives = optional_array("positives", positives, Role.INDICES)
     bias = optional_array("bias", bias, Role.LOGITS)
-    pos_weight = optional_array("pos_weight", pos_weight, Role.NON_NEGATIVE)
+    per_class_arg, per_class = per_class, optional_array(per_class.name, per_class.value, per_class.role)
     weight = optional_array("weight", weight, Role.NON_NEGATIVE)
     check_shape("labels", labels, logits_shape, "features.shape[:-1] + (C,)")
     check_shape("positives", positives, (*batch, "P"), "features.shape[:-1] + (P,)")
     check_shape("bias", bias, (classes,), "(C,)")
-    if pos_weight is not None:
-        check_broadcasts("pos_weight", pos_weight.shape, (classes,), "the classes (C,)")
+    if per_class is not None:
+        check_broadcasts(per_class_arg.name, per_class.shape, (classes,), "the classes (C,)")
     if weight is not None:
         _check_weight(weight, batch, classes)
     keep = None if where is None else as_mask(where, batch, "features.shape[:-1]")
@@ -199,7 +199,7 @@ def checked_arguments(
         register_value_checks("features", Role.LOGITS, features, example_keep)
         register_value_checks("labels", Role.LABELS, labels, _chunks.both(example_keep, known))
         register_value_checks("weight", Role.NON_NEGATIVE, weight, example_keep)
-        register_value_checks("pos_weight", Role.NON_NEGATIVE, pos_weight, None)
+        register_value_checks(per_class_arg.name, per_class_arg.role, per_class, None)
         if entries is not None:
             _check_sparse_values(entries, keep, batch)
         if positives is not None:
@@ -208,10 +208,10 @@ def checked_arguments(
             check_values("positives", positives, ok, f"must be class indices in [-1, {classes}) (-1: padding)")
 
     options = Options(
-        reduction, label_smoothing, ignore_label, chunk_size, precision, kernel_axis, groups,
+        reduction, core, ignore_label, chunk_size, precision, kernel_axis, groups,
         compute_dtype(out_dtype), out_dtype,
     )  # fmt: skip
-    return options, Arrays(features, kernel, labels, positives, entries, bias, pos_weight, weight, keep)
+    return options, Arrays(features, kernel, labels, positives, entries, bias, per_class, weight, keep)
 
 
 class ByChunks(NamedTuple):
@@ -249,14 +249,14 @@ def by_chunks(options: Options, arrays: Arrays) -> ByChunks:
     flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
     if flat_keep is not None:
         flat_features = jnp.where(flat_keep[:, None], flat_features, 0)
-    pos_weight = arrays.pos_weight
+    per_class = arrays.per_class
     parameters = _chunks.Parameters(
         features=flat_features,
         kernel=_chunks.by_chunk(kernel, layout, axis=options.kernel_axis),
         bias=None if arrays.bias is None else _chunks.by_chunk(arrays.bias.astype(dtype), layout),
-        pos_weight=None
-        if pos_weight is None
-        else _chunks.by_chunk(jnp.broadcast_to(pos_weight.astype(dtype), (classes,)), layout, fill=1),
+        per_class=None
+        if per_class is None
+        else _chunks.by_chunk(jnp.broadcast_to(per_class.astype(dtype), (classes,)), layout, fill=1),
         weight=None if element_weight is None else _chunks.by_chunk(element_weight.astype(dtype), layout),
     )
     positives = arrays.positives
@@ -266,9 +266,7 @@ def by_chunks(options: Options, arrays: Arrays) -> ByChunks:
         keep=flat_keep,
         entries=arrays.entries,
     )
-    config = _chunks.Config(
-        layout, options.label_smoothing, options.ignore_label, options.precision, dtype, options.kernel_axis
-    )
+    config = _chunks.Config(layout, options.core, options.ignore_label, options.precision, dtype, options.kernel_axis)
 
     example_weight = jnp.ones((), dtype) if weight is None else weight.astype(dtype)
     if keep is not None:

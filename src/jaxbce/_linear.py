@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from jaxbce import _chunks
+from jaxbce import _chunks, _cores
+from jaxbce._arguments import Arg, Role
 from jaxbce._fused_arguments import Arrays, Options, by_chunks, checked_arguments, concrete_class_shards
-from jaxbce._jit import jit_loss
+from jaxbce._jit import current_function, jit_loss
 from jaxbce._numerics import weighted
 from jaxbce._sharding import explicit_spec, with_auto_axes
 
@@ -40,7 +41,7 @@ def _unwrap(tree):
 def _reject_label_gradients(targets_perturbed: _chunks.Targets) -> None:
     if any(jax.tree.leaves(targets_perturbed)):
         raise ValueError(
-            "linear_binary_cross_entropy does not differentiate its labels, positives or where; "
+            f"{current_function()} does not differentiate its labels, positives or where; "
             "wrap them in jax.lax.stop_gradient (labels are data here)"
         )
 
@@ -106,7 +107,7 @@ def _row_losses_bwd(config, residuals, cotangent):
     parameters, targets = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(parameters.features.shape[:1], config.dtype)
-    every = _chunks.Parameters(features=True, kernel=True, bias=True, pos_weight=True, weight=True)
+    every = _chunks.Parameters(features=True, kernel=True, bias=True, per_class=True, weight=True)
     _, gradients = _chunks.row_losses_and_gradients(config, parameters, targets, cotangent, every)
     return gradients, None
 
@@ -125,10 +126,17 @@ def _loss_by_chunks(options: Options, arrays: Arrays) -> jax.Array:
     return _weighted_total(config, parameters, targets, row_scale).astype(options.out_dtype)
 
 
-@jit_loss(
-    static=("label_smoothing", "ignore_label", "reduction", "chunk_size", "precision", "kernel_layout"),
-    hint=concrete_class_shards,
-)
+def _fused_loss(function: str, core: _cores.Core, per_class: Arg, features, kernel, **arguments) -> jax.Array:
+    """The path of every fused loss: checks, then the layout by chunks, then the loops with ``core``."""
+    options, arrays = checked_arguments(function, features, kernel, core=core, per_class=per_class, **arguments)
+    rows_spec = (explicit_spec(arrays.features) or ())[:-1] if options.reduction == "none" else ()
+    return with_auto_axes(functools.partial(_loss_by_chunks, options), arrays, out_spec=rows_spec)
+
+
+_SHARED_STATIC = ("ignore_label", "reduction", "chunk_size", "precision", "kernel_layout")
+
+
+@jit_loss(static=("label_smoothing", "poly_epsilon", *_SHARED_STATIC), hint=concrete_class_shards)
 def linear_binary_cross_entropy(
     features: jax.typing.ArrayLike,
     kernel: jax.typing.ArrayLike,
@@ -139,6 +147,7 @@ def linear_binary_cross_entropy(
     weight: jax.typing.ArrayLike | None = None,
     pos_weight: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
     where: jax.typing.ArrayLike | None = None,
     ignore_label: float | None = None,
     reduction: str = "mean",
@@ -183,6 +192,8 @@ def linear_binary_cross_entropy(
         A zero weight removes its element even where its loss is infinite.
       pos_weight: optional non-negative weight of the positive term, a scalar or ``(C,)``.
       label_smoothing: static float ``s`` in [0, 1]; labels become ``y * (1 - s) + s / 2`` (Keras).
+      poly_epsilon: static float ``eps``: Poly-1 adds ``eps * (1 - p_t)`` per element, as
+        :func:`binary_cross_entropy_with_logits` does (the same core).
       where: optional per-example bool mask broadcastable to ``features.shape[:-1]``; False examples
         contribute exactly 0 to the value and every gradient, even if their features or labels are NaN.
       ignore_label: static int or float, or None: dense labels equal to it (the -1 / 255 conventions of
@@ -248,10 +259,147 @@ def linear_binary_cross_entropy(
       >>> jaxbce.linear_binary_cross_entropy(features, kernel, partial, ignore_label=-1)
       Array(0.729542, dtype=float32)
     """
-    options, arrays = checked_arguments(
-        "linear_binary_cross_entropy()", features, kernel, labels=labels, positives=positives, bias=bias,
-        weight=weight, pos_weight=pos_weight, label_smoothing=label_smoothing, where=where, ignore_label=ignore_label,
-        reduction=reduction, chunk_size=chunk_size, precision=precision, kernel_layout=kernel_layout,
+    return _fused_loss(
+        "linear_binary_cross_entropy()", _cores.bce(label_smoothing, poly_epsilon),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE), features, kernel, labels=labels, positives=positives,
+        bias=bias, weight=weight, where=where, ignore_label=ignore_label, reduction=reduction, chunk_size=chunk_size,
+        precision=precision, kernel_layout=kernel_layout,
     )  # fmt: skip
-    rows_spec = (explicit_spec(arrays.features) or ())[:-1] if reduction == "none" else ()
-    return with_auto_axes(functools.partial(_loss_by_chunks, options), arrays, out_spec=rows_spec)
+
+
+@jit_loss(
+    static=("gamma", "label_smoothing", "poly_epsilon", *_SHARED_STATIC),
+    static_or_array=("alpha",),
+    hint=concrete_class_shards,
+)
+def linear_sigmoid_focal_loss(
+    features: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    positives: jax.typing.ArrayLike | None = None,
+    bias: jax.typing.ArrayLike | None = None,
+    alpha: float | jax.typing.ArrayLike | None = 0.25,
+    gamma: float = 2.0,
+    weight: jax.typing.ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
+    where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+    kernel_layout: str = "in_out",
+) -> jax.Array:
+    """The sigmoid focal loss of the logits ``features @ kernel + bias``, without ever forming them.
+
+    Equal to ``sigmoid_focal_loss(features @ kernel + bias, dense_labels, ...)`` summed over classes, computed
+    over chunks of classes as :func:`linear_binary_cross_entropy` computes the BCE, with the focal loss's own
+    core and derivative rules (double-word ``(1 - p_t)**gamma``, exact to rounding where ``1 - p_t`` is tiny):
+
+        loss[n] = sum_c w[n, c] * alpha_t * (1 - p_t)**gamma * bce(z[n, c], y[n, c]) + eps * (1 - p_t)**(gamma + 1)
+        z = features @ kernel + bias
+
+    Args:
+      features, kernel, labels, positives, bias, weight, label_smoothing, where, ignore_label, reduction,
+        chunk_size, precision, kernel_layout: as for :func:`linear_binary_cross_entropy`.
+      alpha: weight of the positive class in [0, 1], or None for no ``alpha_t``: a Python float is static; an
+        array broadcastable to ``(C,)`` (per class) is traced and differentiable, its range checked under
+        :func:`jaxbce.checked`.
+      gamma: static focusing parameter ``>= 0`` (0 with ``alpha=None`` is the BCE).
+      poly_epsilon: static float ``eps``: Poly-1's ``eps * (1 - p_t)**(gamma + 1)``, not scaled by ``alpha_t``.
+
+    Returns:
+      As for :func:`linear_binary_cross_entropy`.
+
+    Gradients: as for :func:`linear_binary_cross_entropy`, in ``features``, ``kernel``, ``bias``, ``weight`` and
+    an array ``alpha``.
+
+    Raises:
+      TypeError, ValueError: as for :func:`linear_binary_cross_entropy`, and for ``alpha`` outside [0, 1] or a
+        negative ``gamma``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> features = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+      >>> kernel = jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+      >>> positives = jnp.array([[0, -1], [2, 1]])
+      >>> jaxbce.linear_sigmoid_focal_loss(features, kernel, positives=positives, reduction="sum")
+      Array(0.48105296, dtype=float32)
+      >>> jaxbce.sigmoid_focal_loss(features @ kernel, jnp.array([[1, 0, 0], [0, 1, 1]]), reduction="sum")
+      Array(0.48105296, dtype=float32)
+    """
+    _cores.check_alpha(alpha)
+    return _fused_loss(
+        "linear_sigmoid_focal_loss()", _cores.sigmoid_focal(gamma, label_smoothing, poly_epsilon),
+        Arg("alpha", alpha, Role.FRACTION), features, kernel, labels=labels, positives=positives, bias=bias,
+        weight=weight, where=where, ignore_label=ignore_label, reduction=reduction, chunk_size=chunk_size,
+        precision=precision, kernel_layout=kernel_layout,
+    )  # fmt: skip
+
+
+@jit_loss(
+    static=("gamma_pos", "gamma_neg", "clip", "stop_focusing_gradient", *_SHARED_STATIC), hint=concrete_class_shards
+)
+def linear_asymmetric_loss(
+    features: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    positives: jax.typing.ArrayLike | None = None,
+    bias: jax.typing.ArrayLike | None = None,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    weight: jax.typing.ArrayLike | None = None,
+    pos_weight: jax.typing.ArrayLike | None = None,
+    stop_focusing_gradient: bool = False,
+    where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+    kernel_layout: str = "in_out",
+) -> jax.Array:
+    """The asymmetric loss (ASL, Ridnik et al.) of the logits ``features @ kernel + bias``, without ever forming
+    them.
+
+    Equal to ``asymmetric_loss(features @ kernel + bias, dense_labels, ...)`` summed over classes, computed over
+    chunks of classes as :func:`linear_binary_cross_entropy` computes the BCE, with the asymmetric loss's own
+    core and derivative rules (no probability clamp; ``p - clip`` formed without cancellation):
+
+        loss[n] = sum_c w * (pw y (1 - p)**gamma_pos softplus(-z) + (1 - y) p_m**gamma_neg (-log(1 - p_m)))
+        p = sigmoid(z), p_m = max(p - clip, 0), z = features @ kernel + bias
+
+    Args:
+      features, kernel, labels, positives, bias, weight, pos_weight, where, ignore_label, reduction, chunk_size,
+        precision, kernel_layout: as for :func:`linear_binary_cross_entropy`.
+      gamma_pos, gamma_neg, clip, stop_focusing_gradient: static, as for :func:`asymmetric_loss` (the paper's
+        defaults).
+
+    Returns:
+      As for :func:`linear_binary_cross_entropy`.
+
+    Gradients: as for :func:`linear_binary_cross_entropy`, in ``features``, ``kernel``, ``bias``, ``weight`` and
+    ``pos_weight``.
+
+    Raises:
+      TypeError, ValueError: as for :func:`linear_binary_cross_entropy`, and as :func:`asymmetric_loss` for its
+        options.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbce
+      >>> features = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+      >>> kernel = jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+      >>> positives = jnp.array([[0, -1], [2, 1]])
+      >>> jaxbce.linear_asymmetric_loss(features, kernel, positives=positives, reduction="sum")
+      Array(2.452192, dtype=float32)
+      >>> jaxbce.asymmetric_loss(features @ kernel, jnp.array([[1, 0, 0], [0, 1, 1]]), reduction="sum")
+      Array(2.452192, dtype=float32)
+    """
+    return _fused_loss(
+        "linear_asymmetric_loss()", _cores.asymmetric(gamma_pos, gamma_neg, clip, stop_focusing_gradient),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE), features, kernel, labels=labels, positives=positives,
+        bias=bias, weight=weight, where=where, ignore_label=ignore_label, reduction=reduction, chunk_size=chunk_size,
+        precision=precision, kernel_layout=kernel_layout,
+    )  # fmt: skip

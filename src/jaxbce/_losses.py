@@ -21,13 +21,12 @@ Shared semantics (the contract: ``docs/contract.md``):
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
-from jaxbce import _asymmetric, _elementwise, _focal
-from jaxbce._arguments import Arg, Role, check_fraction, check_real, is_python_number
+from jaxbce import _cores, _elementwise
+from jaxbce._arguments import Arg, Role, check_fraction
 from jaxbce._pipeline import compute_loss
 from jaxbce._reductions import Terms
 from jaxbce._registry import loss
@@ -98,11 +97,9 @@ def binary_cross_entropy_with_logits(
       >>> jaxbce.binary_cross_entropy_with_logits(logits, labels, poly_epsilon=1.0)  # Poly-1
       Array(0.6062176, dtype=float32)
     """
-    label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    poly_epsilon = check_real("poly_epsilon", poly_epsilon)
-    core = functools.partial(_elementwise.bce_with_logits, label_smoothing=label_smoothing)
+    core = _cores.bce(label_smoothing, poly_epsilon)
     if poly_epsilon:
-        terms = Terms(_plus_poly1(core, poly_epsilon, 1.0, label_smoothing))
+        terms = Terms(core)
     else:
         terms = Terms(core, functools.partial(_elementwise.bce_with_logits_fusible, label_smoothing=label_smoothing))
     arrays = [
@@ -251,18 +248,8 @@ def sigmoid_focal_loss(
       >>> jax.grad(jaxbce.sigmoid_focal_loss)(jnp.array([1000.0, -3.0]), jnp.array([0.0, 1.0]), gamma=0.0)
       Array([ 0.375     , -0.11907177], dtype=float32)
     """
-    if alpha is None or is_python_number(alpha):  # static (jit_loss): checked now; an array, by checkify
-        if is_python_number(alpha) and alpha < 0:
-            raise ValueError(
-                f"alpha must be in [0, 1] or None, got {alpha}; for no class weighting (torchvision's alpha=-1, "
-                "optax's default) pass alpha=None"
-            )
-        check_fraction("alpha", alpha, allow_none=True)
-    gamma = _check_gamma("gamma", gamma)
-    label_smoothing = check_fraction("label_smoothing", label_smoothing)
-    poly_epsilon = check_real("poly_epsilon", poly_epsilon)
-    core = functools.partial(_focal.sigmoid_focal, gamma=gamma, label_smoothing=label_smoothing)
-    terms = Terms(_plus_poly1(core, poly_epsilon, gamma + 1.0, label_smoothing))
+    _cores.check_alpha(alpha)  # static (jit_loss): checked now; an array, by checkify
+    terms = Terms(_cores.sigmoid_focal(gamma, label_smoothing, poly_epsilon))
     arrays = [
         Arg("logits", logits, Role.LOGITS),
         Arg("labels", labels, Role.LABELS),
@@ -271,20 +258,6 @@ def sigmoid_focal_loss(
     return compute_loss(
         terms, arrays, weight=weight, where=where, ignore_label=ignore_label, axis=axis, reduction=reduction
     )
-
-
-def _check_gamma(name: str, gamma) -> float:
-    if not is_python_number(gamma) or not gamma >= 0 or not math.isfinite(gamma):
-        raise ValueError(f"{name} must be a finite Python float >= 0, got {gamma!r}")
-    return float(gamma)
-
-
-def _plus_poly1(core, poly_epsilon: float, exponent: float, label_smoothing: float):
-    """``core`` plus Poly-1's ``poly_epsilon * (1 - p_t)**exponent``, or ``core`` itself for ``poly_epsilon = 0``."""
-    if not poly_epsilon:
-        return core
-    poly = functools.partial(_focal.accurate_q_power, exponent=exponent, label_smoothing=label_smoothing)
-    return lambda x, y, *rest: core(x, y, *rest) + poly_epsilon * poly(x, y)
 
 
 @loss(static=("gamma_pos", "gamma_neg", "clip", "stop_focusing_gradient"))
@@ -355,19 +328,7 @@ def asymmetric_loss(
       >>> jax.grad(lambda x: jaxbce.asymmetric_loss(x, labels, **stopped))(logits)[0]  # timm's disable_torch_grad_...
       Array([-0.00224921,  0.00057841,  0.        ], dtype=float32)
     """
-    gamma_pos, gamma_neg = _check_gamma("gamma_pos", gamma_pos), _check_gamma("gamma_neg", gamma_neg)
-    clip = check_fraction("clip", clip)
-    if clip == 1:
-        raise ValueError("clip must be in [0, 1), got 1.0")
-    if not isinstance(stop_focusing_gradient, bool):
-        raise TypeError(f"stop_focusing_gradient must be a bool, got {stop_focusing_gradient!r}")
-    core = functools.partial(
-        _asymmetric.asymmetric,
-        gamma_pos=gamma_pos,
-        gamma_neg=gamma_neg,
-        clip=clip,
-        stop_focusing_gradient=stop_focusing_gradient,
-    )
+    core = _cores.asymmetric(gamma_pos, gamma_neg, clip, stop_focusing_gradient)
     arrays = [
         Arg("logits", logits, Role.LOGITS),
         Arg("labels", labels, Role.LABELS),

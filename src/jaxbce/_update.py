@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbce import _chunks
+from jaxbce import _chunks, _cores
+from jaxbce._arguments import Arg, Role
 from jaxbce._fused_arguments import Options, by_chunks, checked_arguments, concrete_class_shards
 from jaxbce._jit import jit_loss
 from jaxbce._numerics import round_stochastically, weighted
@@ -338,8 +339,9 @@ def linear_binary_cross_entropy_update(
         )
     kernel, bias = params["kernel"], params.get("bias")
     options, arrays = checked_arguments(
-        name, features, kernel, labels=labels, positives=positives, bias=bias, weight=weight, pos_weight=pos_weight,
-        label_smoothing=label_smoothing, where=where, ignore_label=ignore_label, reduction=reduction,
+        name, features, kernel, core=_cores.bce(label_smoothing),
+        per_class=Arg("pos_weight", pos_weight, Role.NON_NEGATIVE), labels=labels, positives=positives, bias=bias,
+        weight=weight, where=where, ignore_label=ignore_label, reduction=reduction,
         chunk_size=chunk_size, precision=precision, kernel_layout=kernel_layout,
     )  # fmt: skip
     key = None if key is None else _one_key(name, key)
