@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 # The fused losses' tests run twice: in the default 8-device session and in a one-device one, the layout that every
 # single-GPU user gets (tests/devices.py).
-FUSED_TESTS := tests/test_linear.py tests/test_update.py tests/test_label_sets.py tests/test_contrastive.py tests/test_fast.py
+FUSED_TESTS := tests/test_linear.py tests/test_update.py tests/test_label_sets.py tests/test_contrastive.py tests/test_fused_family.py tests/test_fast.py
 test: lint
 	$(BIN)/python -m pytest -n auto --durations=15
 	JAXBCE_TEST_DEVICES=1 $(BIN)/python -m pytest -n auto -p no:cacheprovider $(FUSED_TESTS)

@@ -61,6 +61,21 @@ def _linear():
     return lambda f, k, y: function(f, k, y, bias=BIAS), arguments, (loss, d_logits @ KERNEL.T), 2e-5
 
 
+def _linear_family(name, elementwise_name, **options):
+    def make():
+        function = functools.partial(getattr(jaxbce, name), chunk_size=16, **options)
+        logits = FEATURES.astype(np.float64) @ KERNEL + BIAS
+        loss, d_logits = _float64(elementwise_name, logits, LABELS.astype(np.float64), **options)
+        return (
+            lambda f, k, y: function(f, k, y, bias=BIAS),
+            (FEATURES, KERNEL, LABELS),
+            (loss, d_logits @ KERNEL.T),
+            2e-5,
+        )
+
+    return make
+
+
 def _contrastive():
     images, texts = FEATURES / np.linalg.norm(FEATURES, axis=1, keepdims=True), FEATURES[::-1] / 2
     function = functools.partial(jaxbce.sigmoid_contrastive_loss, logit_scale=10.0, logit_bias=-3.0)
@@ -97,13 +112,26 @@ def test_elementwise_loss(name):
         assert got.sharding.spec[0] == "data"
 
 
-@pytest.mark.parametrize("make", [_linear, _contrastive], ids=["linear_binary_cross_entropy", "sigmoid_contrastive"])
-def test_blockwise_loss(make):
+FUSED = {
+    "linear_binary_cross_entropy": _linear,
+    "linear_sigmoid_focal_loss": _linear_family(
+        "linear_sigmoid_focal_loss", "sigmoid_focal_loss", alpha=0.25, gamma=2.0
+    ),
+    "linear_asymmetric_loss": _linear_family(
+        "linear_asymmetric_loss", "asymmetric_loss", gamma_pos=0.0, gamma_neg=4.0, clip=0.05
+    ),
+    "sigmoid_contrastive_loss": _contrastive,
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+def test_blockwise_loss(name):
+    make = FUSED[name]
     function, arguments, (loss, d_first), rtol = make()
     value, got = jax.value_and_grad(function)(*arguments)
     np.testing.assert_allclose(value, loss, rtol=rtol)
     np.testing.assert_allclose(got, d_first, rtol=1e-4, atol=1e-7)
-    if devices.DEVICES >= 8 and make is _linear:
+    if devices.DEVICES >= 8 and name != "sigmoid_contrastive_loss":
         mesh = devices.mesh()
         specs = (P("data"), P(), P("data"))  # the examples sharded (C = 37 classes cannot be split evenly)
         with set_mesh(mesh):
@@ -140,7 +168,7 @@ def test_weights_and_checks():
 
 
 def test_every_public_function_is_here():
-    here = {*ELEMENTWISE, "linear_binary_cross_entropy", "sigmoid_contrastive_loss"}
+    here = {*ELEMENTWISE, *FUSED}
     here |= {"linear_binary_cross_entropy_update", "pos_weight_from_counts", "class_balanced_weights"}
     here |= {"checked", "value_checks"}
     assert here == set(jaxbce.__all__)
