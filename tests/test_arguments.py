@@ -132,6 +132,14 @@ def _public_calls():
         jaxbce.linear_binary_cross_entropy, ("features", "kernel", "labels"), [features, kernel, y],
         {"bias": np.zeros(3, np.float32), "weight": np.ones((4, 1), np.float32)},
     )  # fmt: skip
+    calls["linear_sigmoid_focal_loss"] = (
+        jaxbce.linear_sigmoid_focal_loss, ("features", "kernel", "labels"), [features, kernel, y],
+        {"alpha": np.array([0.2, 0.5, 0.7], np.float32), "weight": np.ones((4, 1), np.float32)},
+    )  # fmt: skip
+    calls["linear_asymmetric_loss"] = (
+        jaxbce.linear_asymmetric_loss, ("features", "kernel", "labels"), [features, kernel, y],
+        {"pos_weight": np.full(3, 2.0, np.float32), "bias": np.zeros(3, np.float32)},
+    )  # fmt: skip
     head = {"kernel": kernel, "bias": np.zeros(3, np.float32)}
     calls["linear_binary_cross_entropy_update"] = (
         _loss_and_features_grad(jaxbce.linear_binary_cross_entropy_update),
@@ -142,6 +150,16 @@ def _public_calls():
         jaxbce.sigmoid_contrastive_loss, ("image_embeddings", "text_embeddings", "logit_scale", "logit_bias"),
         [x, x, np.float32(2.0), np.float32(-1.0)], {},
     )  # fmt: skip
+    calls["linear_top_k"] = (
+        jaxbce.linear_top_k, ("features", "kernel", "k"), [features, kernel, 2], {"bias": np.zeros(3, np.float32)},
+    )  # fmt: skip
+    ranking = np.argsort(-x, axis=1).astype(np.int32)
+    calls["precision_at_k"] = (jaxbce.precision_at_k, ("indices", "labels"), [ranking, y], {"k": 2})
+    calls["ndcg_at_k"] = (
+        jaxbce.ndcg_at_k, ("indices", "labels"), [ranking, y], {"k": 2, "propensities": np.full(3, 0.5, np.float32)},
+    )  # fmt: skip
+    calls["propensity_scores"] = (jaxbce.propensity_scores, ("label_counts", "num_examples"),
+                                  [np.array([3.0, 0.0, 7.0], np.float32), 100], {})  # fmt: skip
     counts = np.array([3.0, 0.0, 7.0], np.float32)
     calls["pos_weight_from_counts"] = (jaxbce.pos_weight_from_counts, ("positive_counts", "total_counts"),
                                        [counts, np.float32(10.0)], {})  # fmt: skip

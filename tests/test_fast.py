@@ -167,8 +167,28 @@ def test_weights_and_checks():
     assert "labels must be in" in error.get()
 
 
+def test_predictions_and_metrics():
+    """linear_top_k against lax.top_k of the logits; the metrics against their formulas (P@k: the hits among
+    the top k over k; nDCG@k: DCG over the ideal DCG); propensity_scores against Jain et al.'s formula."""
+    scores, indices = jaxbce.linear_top_k(FEATURES, KERNEL, 5, bias=BIAS, chunk_size=16)
+    expected = jax.lax.top_k(FEATURES @ KERNEL + BIAS, 5)
+    np.testing.assert_allclose(scores, expected[0], rtol=1e-6)
+    np.testing.assert_array_equal(indices, expected[1])
+    hits = np.take_along_axis(LABELS, np.asarray(indices), axis=1)
+    np.testing.assert_allclose(jaxbce.precision_at_k(indices, LABELS, k=5), hits.sum(axis=1) / 5, rtol=1e-6)
+    discounts = 1 / np.log2(np.arange(2, 7))
+    ideal = np.array([discounts[: int(min(5, n))].sum() for n in LABELS.sum(axis=1)])
+    dcg = (hits * discounts).sum(axis=1)
+    expected_ndcg = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1), 0)
+    np.testing.assert_allclose(jaxbce.ndcg_at_k(indices, LABELS, k=5), expected_ndcg, rtol=1e-6)
+    counts = LABELS.sum(axis=0)
+    c = (np.log(B) - 1) * 2.5**0.55
+    expected = 1 / (1 + c * np.exp(-0.55 * np.log(counts + 1.5)))
+    np.testing.assert_allclose(jaxbce.propensity_scores(counts, B), expected, rtol=1e-6)
+
+
 def test_every_public_function_is_here():
     here = {*ELEMENTWISE, *FUSED}
     here |= {"linear_binary_cross_entropy_update", "pos_weight_from_counts", "class_balanced_weights"}
-    here |= {"checked", "value_checks"}
+    here |= {"checked", "value_checks", "linear_top_k", "precision_at_k", "ndcg_at_k", "propensity_scores"}
     assert here == set(jaxbce.__all__)
