@@ -129,6 +129,12 @@ def test_the_api_page_blocks_run_as_pasted():
         reduction="batchmean",
     )
     np.testing.assert_allclose(n["loss"], expected, rtol=1e-6)
+    # The metrics block: the top 5 of the materialised logits, and P@5 as the hits among them over 5.
+    expected_top = jax.lax.top_k(n["head_features"] @ n["head_kernel"], 5)[1]
+    np.testing.assert_array_equal(n["top"], expected_top)
+    hits = (np.asarray(n["top"])[:, :, None] == np.asarray(n["true_classes"])[:, None, :]).any(axis=-1)
+    np.testing.assert_allclose(n["p_at_5"], hits.sum(axis=1).mean() / 5, rtol=1e-6)
+    assert 0 < float(n["psp_at_5"]) <= 1
 
 
 def test_the_errors_page_block_runs_as_pasted(capsys):

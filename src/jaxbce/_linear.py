@@ -301,8 +301,19 @@ def linear_sigmoid_focal_loss(
         z = features @ kernel + bias
 
     Args:
-      features, kernel, labels, positives, bias, weight, label_smoothing, where, ignore_label, reduction,
-        chunk_size, precision, kernel_layout: as for :func:`linear_binary_cross_entropy`.
+      features: as for :func:`linear_binary_cross_entropy`.
+      kernel: as for :func:`linear_binary_cross_entropy`.
+      labels: as for :func:`linear_binary_cross_entropy`.
+      positives: as for :func:`linear_binary_cross_entropy`.
+      bias: as for :func:`linear_binary_cross_entropy`.
+      weight: as for :func:`linear_binary_cross_entropy`.
+      label_smoothing: as for :func:`linear_binary_cross_entropy`.
+      where: as for :func:`linear_binary_cross_entropy`.
+      ignore_label: as for :func:`linear_binary_cross_entropy`.
+      reduction: as for :func:`linear_binary_cross_entropy`.
+      chunk_size: as for :func:`linear_binary_cross_entropy`.
+      precision: as for :func:`linear_binary_cross_entropy`.
+      kernel_layout: as for :func:`linear_binary_cross_entropy`.
       alpha: weight of the positive class in [0, 1], or None for no ``alpha_t``: a Python float is static; an
         array broadcastable to ``(C,)`` (per class) is traced and differentiable, its range checked under
         :func:`jaxbce.checked`.
@@ -372,10 +383,23 @@ def linear_asymmetric_loss(
         p = sigmoid(z), p_m = max(p - clip, 0), z = features @ kernel + bias
 
     Args:
-      features, kernel, labels, positives, bias, weight, pos_weight, where, ignore_label, reduction, chunk_size,
-        precision, kernel_layout: as for :func:`linear_binary_cross_entropy`.
-      gamma_pos, gamma_neg, clip, stop_focusing_gradient: static, as for :func:`asymmetric_loss` (the paper's
-        defaults).
+      features: as for :func:`linear_binary_cross_entropy`.
+      kernel: as for :func:`linear_binary_cross_entropy`.
+      labels: as for :func:`linear_binary_cross_entropy`.
+      positives: as for :func:`linear_binary_cross_entropy`.
+      bias: as for :func:`linear_binary_cross_entropy`.
+      weight: as for :func:`linear_binary_cross_entropy`.
+      pos_weight: as for :func:`linear_binary_cross_entropy`.
+      where: as for :func:`linear_binary_cross_entropy`.
+      ignore_label: as for :func:`linear_binary_cross_entropy`.
+      reduction: as for :func:`linear_binary_cross_entropy`.
+      chunk_size: as for :func:`linear_binary_cross_entropy`.
+      precision: as for :func:`linear_binary_cross_entropy`.
+      kernel_layout: as for :func:`linear_binary_cross_entropy`.
+      gamma_pos: static, as for :func:`asymmetric_loss` (the paper's defaults for the four).
+      gamma_neg: static, as for :func:`asymmetric_loss`.
+      clip: static, as for :func:`asymmetric_loss`.
+      stop_focusing_gradient: static, as for :func:`asymmetric_loss`.
 
     Returns:
       As for :func:`linear_binary_cross_entropy`.

@@ -46,7 +46,9 @@ def linear_top_k(
       kernel: ``(D, C)``, or ``(C, D)`` with ``kernel_layout="out_in"``.
       k: static number of classes per example, ``1 <= k <= C``.
       bias: optional ``(C,)``.
-      chunk_size, precision, kernel_layout: static, as for :func:`linear_binary_cross_entropy`.
+      chunk_size: static, as for :func:`linear_binary_cross_entropy`.
+      precision: static, as for :func:`linear_binary_cross_entropy`.
+      kernel_layout: static, as for :func:`linear_binary_cross_entropy`.
 
     Returns:
       ``(scores, indices)`` of shape ``features.shape[:-1] + (k,)``: the logits, highest first, in the promoted
@@ -191,7 +193,12 @@ def ndcg_at_k(
     data set it is normalised as :func:`precision_at_k`'s PSP@k is.
 
     Args:
-      indices, labels, positives, k, propensities, where: as for :func:`precision_at_k`.
+      indices: as for :func:`precision_at_k`.
+      labels: as for :func:`precision_at_k`.
+      positives: as for :func:`precision_at_k`.
+      k: as for :func:`precision_at_k`.
+      propensities: as for :func:`precision_at_k`.
+      where: as for :func:`precision_at_k`.
 
     Returns:
       ``indices.shape[:-1]`` float32.
@@ -264,7 +271,8 @@ def propensity_scores(
     Args:
       label_counts: ``(C,)`` the number of training examples of each label.
       num_examples: ``N``, the number of training examples.
-      a, b: the model's parameters.
+      a: the model's parameter.
+      b: the model's parameter.
 
     Returns:
       ``(C,)`` propensities in (0, 1], float32 (float64 for float64 counts under x64).
