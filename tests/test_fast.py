@@ -150,6 +150,19 @@ def test_update():
         np.testing.assert_allclose(got_leaf, expected_leaf, rtol=2e-5, atol=1e-7)
 
 
+def test_linear_update_of_the_focal_loss():
+    params = {"kernel": jnp.asarray(KERNEL), "bias": jnp.asarray(BIAS)}
+    optimizer = optax.sgd(0.1)
+    loss, _, new_params, _ = jaxbce.linear_update(
+        jaxbce.linear_sigmoid_focal_loss, FEATURES, params, optimizer.init(params), LABELS, optimizer=optimizer
+    )
+    expected_loss, grads = jax.value_and_grad(
+        lambda p: jaxbce.sigmoid_focal_loss(FEATURES @ p["kernel"] + p["bias"], LABELS)
+    )(params)
+    np.testing.assert_allclose(loss, expected_loss, rtol=2e-5)
+    np.testing.assert_allclose(new_params["kernel"], params["kernel"] - 0.1 * grads["kernel"], rtol=1e-5, atol=1e-7)
+
+
 def test_weights_and_checks():
     positives, totals = np.array([5.0, 0.0, 20.0]), np.array([10.0, 10.0, 50.0])
     np.testing.assert_allclose(jaxbce.pos_weight_from_counts(positives, totals), [1.0, 1.0, 1.5])  # (n - p) / p
@@ -190,5 +203,13 @@ def test_predictions_and_metrics():
 def test_every_public_function_is_here():
     here = {*ELEMENTWISE, *FUSED}
     here |= {"linear_binary_cross_entropy_update", "pos_weight_from_counts", "class_balanced_weights"}
-    here |= {"checked", "value_checks", "linear_top_k", "precision_at_k", "ndcg_at_k", "propensity_scores"}
+    here |= {
+        "checked",
+        "value_checks",
+        "linear_update",
+        "linear_top_k",
+        "precision_at_k",
+        "ndcg_at_k",
+        "propensity_scores",
+    }
     assert here == set(jaxbce.__all__)

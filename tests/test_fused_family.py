@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.experimental import checkify, sparse
 from jax.sharding import AxisType, NamedSharding
@@ -174,3 +175,51 @@ def test_sharded_over_classes_equals_one_device(name, axis_type):
 def _padded(spec, ndim):
     """``spec`` with a None for each trailing axis it leaves out: P("data") is P("data", None)."""
     return tuple(spec) + (None,) * (ndim - len(spec))
+
+
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+@pytest.mark.parametrize("name", ["focal-poly-smoothed", "asymmetric-stopped", "bce-poly"])
+def test_linear_update_equals_optax_on_the_materialised_gradient(name, layout):
+    """linear_update with each loss: its loss and features gradient, and Adam's step on the materialised gradient
+    of the head (parameters and state), in the kernel's own layout."""
+    fused, _, per_class_name, options = FAMILY[name]
+    kernel = KERNEL.T if layout == "out_in" else KERNEL
+    params = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(BIAS)}
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(params)
+    arguments = {per_class_name: PER_CLASS, "reduction": "batchmean", "chunk_size": 16, "kernel_layout": layout}
+    loss, features_grad, new_params, new_state = jaxbce.linear_update(
+        fused, FEATURES, params, state, positives=POSITIVES, optimizer=optimizer, **arguments, **options
+    )
+
+    def objective(features, params):
+        return fused(features, params["kernel"], positives=POSITIVES, bias=params["bias"], **arguments, **options)
+
+    expected_loss, (expected_features_grad, grads) = jax.value_and_grad(objective, argnums=(0, 1))(FEATURES, params)
+    updates, expected_state = optimizer.update(grads, state, params)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(features_grad, expected_features_grad, rtol=2e-5, atol=1e-7)
+    expected = jax.tree.leaves((optax.apply_updates(params, updates), expected_state))
+    for got, want in zip(jax.tree.leaves((new_params, new_state)), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+def test_linear_update_of_the_bce_is_the_bce_update_and_options_are_checked():
+    params = {"kernel": jnp.asarray(KERNEL), "bias": jnp.asarray(BIAS)}
+    optimizer = optax.sgd(0.1)
+    state = optimizer.init(params)
+    common = {"positives": POSITIVES, "optimizer": optimizer, "pos_weight": PER_CLASS, "label_smoothing": 0.1}
+    generic = jaxbce.linear_update(jaxbce.linear_binary_cross_entropy, FEATURES, params, state, **common)
+    specific = jaxbce.linear_binary_cross_entropy_update(FEATURES, params, state, **common)
+    for got, want in zip(jax.tree.leaves(generic), jax.tree.leaves(specific), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match=r"linear_asymmetric_loss takes no options \['gamma'\]"):
+        jaxbce.linear_update(
+            jaxbce.linear_asymmetric_loss, FEATURES, params, state, LABELS, optimizer=optimizer, gamma=2.0
+        )
+    with pytest.raises(TypeError, match="loss must be one of"):
+        jaxbce.linear_update(jaxbce.sigmoid_focal_loss, FEATURES, params, state, LABELS, optimizer=optimizer)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        jaxbce.linear_update(
+            jaxbce.linear_sigmoid_focal_loss, FEATURES, params, state, LABELS, optimizer=optimizer, alpha=2.0
+        )

@@ -19,7 +19,7 @@ from jaxbce._losses import (
     sigmoid_focal_loss,
 )
 from jaxbce._predictions import linear_top_k, ndcg_at_k, precision_at_k, propensity_scores
-from jaxbce._update import linear_binary_cross_entropy_update
+from jaxbce._update import linear_binary_cross_entropy_update, linear_update
 from jaxbce._value_checks import checked, value_checks
 from jaxbce._weights import class_balanced_weights, pos_weight_from_counts
 
@@ -38,6 +38,7 @@ __all__ = [
     "linear_binary_cross_entropy_update",
     "linear_sigmoid_focal_loss",
     "linear_top_k",
+    "linear_update",
     "ndcg_at_k",
     "pos_weight_from_counts",
     "precision_at_k",

@@ -6,13 +6,14 @@ the 16-bit parameters rounded stochastically.
 """
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbce import _chunks, _cores
+from jaxbce import _chunks, _cores, _linear
 from jaxbce._arguments import Arg, Role
 from jaxbce._fused_arguments import Options, by_chunks, checked_arguments, concrete_class_shards
 from jaxbce._jit import jit_loss
@@ -324,7 +325,19 @@ def linear_binary_cross_entropy_update(
       >>> jaxbce.linear_binary_cross_entropy(features, params["kernel"], labels, bias=params["bias"])
       Array(0.5873575, dtype=float32)
     """
-    name = "linear_binary_cross_entropy_update()"
+    return _step(
+        "linear_binary_cross_entropy_update()", _cores.bce(label_smoothing),
+        Arg("pos_weight", pos_weight, Role.NON_NEGATIVE), features, params, opt_state, labels, optimizer=optimizer,
+        key=key, positives=positives, weight=weight, where=where, ignore_label=ignore_label, reduction=reduction,
+        chunk_size=chunk_size, precision=precision, kernel_layout=kernel_layout,
+    )  # fmt: skip
+
+
+def _step(
+    name: str, core: _cores.Core, per_class: Arg, features, params, opt_state, labels, *, optimizer, key, **arguments
+):
+    """The path of every fused update: checks, then the optimizer's layout, then the loop with ``core``."""
+    reduction = arguments["reduction"]
     if reduction not in ("sum", "mean", "batchmean"):
         raise ValueError(
             f"{name}: reduction must be 'sum', 'mean' or 'batchmean' for an update (a scalar loss), got {reduction!r}"
@@ -339,13 +352,10 @@ def linear_binary_cross_entropy_update(
         )
     kernel, bias = params["kernel"], params.get("bias")
     options, arrays = checked_arguments(
-        name, features, kernel, core=_cores.bce(label_smoothing),
-        per_class=Arg("pos_weight", pos_weight, Role.NON_NEGATIVE), labels=labels, positives=positives, bias=bias,
-        weight=weight, where=where, ignore_label=ignore_label, reduction=reduction,
-        chunk_size=chunk_size, precision=precision, kernel_layout=kernel_layout,
-    )  # fmt: skip
+        name, features, kernel, core=core, per_class=per_class, labels=labels, bias=bias, **arguments
+    )
     key = None if key is None else _one_key(name, key)
-    params = {name: arrays.kernel if name == "kernel" else arrays.bias for name in params}
+    params = {leaf: arrays.kernel if leaf == "kernel" else arrays.bias for leaf in params}
     _check_opt_state(optimizer, params, opt_state)
     _check_elementwise(optimizer, params, opt_state)
     axes = _class_axes(opt_state, arrays.kernel, arrays.bias, options.kernel_axis)
@@ -354,3 +364,152 @@ def linear_binary_cross_entropy_update(
     out_specs = (jax.sharding.PartitionSpec(), spec_of(arrays.features), *jax.tree.map(spec_of, (params, opt_state)))
     update = functools.partial(_update_by_chunks, options, optimizer, axes)
     return with_auto_axes(update, params, opt_state, key, arrays, out_specs=out_specs)
+
+
+class _Family(NamedTuple):
+    """How :func:`linear_update` builds a fused loss's core from its options."""
+
+    build: Callable[..., _cores.Core]  # the core from the static options
+    options: tuple[str, ...]  # the core's static options
+    per_class: str  # the per-class array's name
+    role: Role
+    default: Any  # the per-class array's default
+
+
+_FAMILIES = {
+    _linear.linear_binary_cross_entropy: _Family(
+        _cores.bce, ("label_smoothing", "poly_epsilon"), "pos_weight", Role.NON_NEGATIVE, None
+    ),
+    _linear.linear_sigmoid_focal_loss: _Family(
+        _cores.sigmoid_focal, ("gamma", "label_smoothing", "poly_epsilon"), "alpha", Role.FRACTION, 0.25
+    ),
+    _linear.linear_asymmetric_loss: _Family(
+        _cores.asymmetric,
+        ("gamma_pos", "gamma_neg", "clip", "stop_focusing_gradient"),
+        "pos_weight",
+        Role.NON_NEGATIVE,
+        None,
+    ),
+}
+# Every fused loss's options besides the core's: the static ones, and the arrays.
+_SHARED_STATIC = ("ignore_label", "reduction", "chunk_size", "precision", "kernel_layout")
+_SHARED = ("positives", "weight", "where", *_SHARED_STATIC)
+
+
+def linear_update(
+    loss: Callable[..., jax.Array],
+    features: jax.typing.ArrayLike,
+    params: dict[str, jax.typing.ArrayLike],
+    opt_state: Any,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    optimizer: Any,
+    key: jax.Array | None = None,
+    **options: Any,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], Any]:
+    """One optimizer step of the classifier fused into the chunk loop of any fused loss of the sigmoid family.
+
+    :func:`linear_binary_cross_entropy_update` for the loss ``loss`` (:func:`linear_binary_cross_entropy`,
+    :func:`linear_sigmoid_focal_loss` or :func:`linear_asymmetric_loss`) with its keyword arguments ``options``:
+    the same loop, the same guarantees (the loss and ``features`` gradient equal ``loss``'s, the parameters and
+    state equal Optax's step on the materialised gradient, no array of the kernel's size besides them, in place
+    when donated, ``key`` for 16-bit heads), with ``loss``'s own elementwise core in it.
+    :func:`linear_binary_cross_entropy_update` is its BCE case.
+
+    Args:
+      loss: one of the three fused losses (the function itself).
+      features: as for :func:`linear_binary_cross_entropy_update`.
+      params: as for :func:`linear_binary_cross_entropy_update`.
+      opt_state: as for :func:`linear_binary_cross_entropy_update`.
+      labels: as for :func:`linear_binary_cross_entropy_update`.
+      optimizer: as for :func:`linear_binary_cross_entropy_update`.
+      key: as for :func:`linear_binary_cross_entropy_update`.
+      **options: ``loss``'s keyword arguments other than ``bias`` (in ``params``): its static options (``gamma``,
+        ``poly_epsilon``, ...), its per-class array (``pos_weight``, or the focal loss's ``alpha``) and the shared
+        ones (``positives``, ``weight``, ``where``, ``ignore_label``, ``reduction``, ``chunk_size``,
+        ``precision``, ``kernel_layout``); an option ``loss`` does not take is a ``TypeError``.
+
+    Returns:
+      ``(loss, features_grad, params, opt_state)`` as for :func:`linear_binary_cross_entropy_update`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxbce
+      >>> features = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+      >>> params = {"kernel": jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]), "bias": jnp.zeros(3)}
+      >>> optimizer = optax.sgd(0.5)
+      >>> labels = jnp.array([[1, 0, 0], [0, 1, 1]])
+      >>> loss, _, new_params, _ = jaxbce.linear_update(jaxbce.linear_sigmoid_focal_loss, features, params,
+      ...     optimizer.init(params), labels, optimizer=optimizer, gamma=1.0)
+      >>> loss
+      Array(0.14050695, dtype=float32)
+      >>> jaxbce.linear_sigmoid_focal_loss(features, params["kernel"], labels, bias=params["bias"], gamma=1.0)
+      Array(0.14050695, dtype=float32)
+    """
+    family = _FAMILIES.get(loss) if callable(loss) else None
+    if family is None:
+        raise TypeError(
+            "linear_update(): loss must be one of jaxbce.linear_binary_cross_entropy, "
+            f"jaxbce.linear_sigmoid_focal_loss and jaxbce.linear_asymmetric_loss, got {loss!r}"
+        )
+    allowed = {*family.options, family.per_class, *_SHARED}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"linear_update(): {loss.__name__} takes no options {unknown}; it takes {sorted(allowed)}")
+    core_options = tuple((option, options.pop(option)) for option in family.options if option in options)
+    per_class = options.pop(family.per_class, family.default)
+    if isinstance(per_class, str | bytes | dict):  # named here: the jitted body calls it per_class
+        raise TypeError(f"linear_update(): {family.per_class} must be an array, got {type(per_class).__name__}")
+    return _linear_update(
+        features, params, opt_state, labels, family=loss, core_options=core_options, per_class=per_class,
+        optimizer=optimizer, key=key, **options,
+    )  # fmt: skip
+
+
+def _jitted_update(
+    features: jax.typing.ArrayLike,
+    params: dict[str, jax.typing.ArrayLike],
+    opt_state: Any,
+    labels: jax.typing.ArrayLike | None = None,
+    *,
+    family: Callable[..., jax.Array],
+    core_options: tuple,
+    per_class: jax.typing.ArrayLike | float | None = None,
+    optimizer: Any,
+    key: jax.Array | None = None,
+    positives: jax.typing.ArrayLike | None = None,
+    weight: jax.typing.ArrayLike | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    ignore_label: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+    kernel_layout: str = "in_out",
+):
+    """:func:`linear_update`'s jitted body: the options split into the core's and the loop's."""
+    spec = _FAMILIES[family]
+    if spec.per_class == "alpha":
+        _cores.check_alpha(per_class)
+    return _step(
+        "linear_update()", spec.build(**dict(core_options)), Arg(spec.per_class, per_class, spec.role), features,
+        params, opt_state, labels, optimizer=optimizer, key=key, positives=positives, weight=weight, where=where,
+        ignore_label=ignore_label, reduction=reduction, chunk_size=chunk_size, precision=precision,
+        kernel_layout=kernel_layout,
+    )  # fmt: skip
+
+
+_jitted_update.__name__ = "linear_update"  # what the errors of jit_loss name
+_linear_update = jit_loss(
+    static=(
+        "family",
+        "core_options",
+        "optimizer",
+        "ignore_label",
+        "reduction",
+        "chunk_size",
+        "precision",
+        "kernel_layout",
+    ),
+    static_or_array=("per_class",),
+    trees=("params", "opt_state"),
+    hint=concrete_class_shards,
+)(_jitted_update)
