@@ -29,6 +29,11 @@ of the fused loss's gradient, with the kernel ``(D, C)`` and ``(C, D)``; the upd
 Amazon-670K's 670,091 next to 655,360 (5 x 2^17); and the fused loss's gradient with labels as a
 ``jax.experimental.sparse.BCOO`` against the same entries as padded ``positives``.
 
+The sigmoid family (``FAMILY_SHAPE``; ``--family-only`` reruns just these): the fused focal and ASL losses'
+gradients (temporaries against the materialised logits, time against the fused BCE), their donated Adam steps by
+``jaxbce.linear_update`` against the fused loss followed by ``optax.adam``, and ``jaxbce.linear_top_k`` against
+``lax.top_k`` of the materialised logits.
+
 Writes ``bench/results/fused-<backend>.json`` and ``.png``.
 """
 
@@ -352,6 +357,97 @@ def run_label_sets(repeats: int) -> dict:
     return {"batch": batch, "dim": dim, "optimizer": "adam", "memory": memory, "timing": timing}
 
 
+# The sigmoid family fused (``--family-only``): the issue's shape, sparse positives.
+FAMILY_SHAPE = (1024, 128, 2**20, 32)
+FAMILY = {
+    "bce": (jaxbce.linear_binary_cross_entropy, jaxbce.binary_cross_entropy_with_logits),
+    "focal": (jaxbce.linear_sigmoid_focal_loss, jaxbce.sigmoid_focal_loss),
+    "asymmetric": (jaxbce.linear_asymmetric_loss, jaxbce.asymmetric_loss),
+}
+# linear_top_k against lax.top_k of the materialised logits, at a size where those fit.
+TOP_K_SHAPE, TOP_K = (1024, 128, 2**18), 5
+
+
+def run_family(repeats: int) -> dict:
+    """The fused focal and ASL losses (and the BCE) at ``FAMILY_SHAPE``: compiled temporaries of the gradient
+    against the materialised logits' size and the materialised form's own, time against the fused BCE's; the
+    donated Adam step of ``linear_update`` against the fused loss's gradient followed by ``optax.adam``; and
+    ``linear_top_k`` against ``lax.top_k`` of the materialised logits (memory and time)."""
+    batch, dim, classes, per_row = FAMILY_SHAPE
+    features, kernel, bias, _, positives = _inputs(batch, dim, classes, per_row)
+    logits_bytes = batch * classes * 4
+    optimizer = optax.adam(1e-3)
+    params = {"kernel": kernel, "bias": bias}
+    rows = {}
+    for name, (fused, elementwise) in FAMILY.items():
+
+        def loss(f, params, positives, fused=fused):
+            return fused(f, params["kernel"], positives=positives, bias=params["bias"])
+
+        def materialised(f, params, positives, elementwise=elementwise):
+            return elementwise(f @ params["kernel"] + params["bias"], _dense_of(positives, classes))
+
+        def separate(f, params, state, positives, loss=loss):
+            value, (d_features, grads) = jax.value_and_grad(loss, argnums=(0, 1))(f, params, positives)
+            updates, state = optimizer.update(grads, state, params)
+            return value, d_features, optax.apply_updates(params, updates), state
+
+        def fused_step(f, params, state, positives, fused=fused):
+            return jaxbce.linear_update(fused, f, params, state, positives=positives, optimizer=optimizer)
+
+        gradient = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(features, params, positives).compile()
+        dense = jax.jit(jax.value_and_grad(materialised, argnums=(0, 1))).lower(features, params, positives).compile()
+        state = jax.eval_shape(optimizer.init, params)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+        steps = {
+            step_name: measure.memory(
+                jax.jit(step, donate_argnums=(1, 2)).lower(features, abstract, state, positives).compile()
+            )
+            for step_name, step in (("fused update", fused_step), ("fused loss, then optax", separate))
+        }
+        rows[name] = {
+            "gradient": measure.memory(gradient),
+            "materialised gradient": measure.memory(dense),
+            "seconds": measure.median_seconds(gradient, (features, params, positives), repeats),
+            "update": steps,
+        }
+        print(name, json.dumps({k: v for k, v in rows[name].items() if k != "update"}), flush=True)
+    ratios = {}
+    for name, row in rows.items():
+        ratios[f"{name}: gradient temp / materialised logits"] = row["gradient"]["temp_bytes"] / logits_bytes
+        ratios[f"{name}: materialised temp / fused temp"] = (
+            row["materialised gradient"]["temp_bytes"] / row["gradient"]["temp_bytes"]
+        )
+        ratios[f"{name}: time / fused bce time"] = row["seconds"] / rows["bce"]["seconds"]
+        ratios[f"{name}: update temp / (fused loss, then optax) temp"] = (
+            row["update"]["fused update"]["temp_bytes"] / row["update"]["fused loss, then optax"]["temp_bytes"]
+        )
+
+    batch, dim, classes = TOP_K_SHAPE
+    features, kernel, bias, _, _ = _inputs(batch, dim, classes, 1)
+    fused_top = jax.jit(lambda f, k, b: jaxbce.linear_top_k(f, k, TOP_K, bias=b)).lower(features, kernel, bias)
+    dense_top = jax.jit(lambda f, k, b: jax.lax.top_k(f @ k + b, TOP_K)).lower(features, kernel, bias)
+    fused_top, dense_top = fused_top.compile(), dense_top.compile()
+    top_k = {
+        "shape": [batch, dim, classes, TOP_K],
+        "linear_top_k": measure.memory(fused_top),
+        "materialised + lax.top_k": measure.memory(dense_top),
+        "chunk logits bytes": batch * 2048 * 4,  # the default chunk of 2^21 logits / 1024 rows
+    }
+    # Alternated, so that both see the same machine state.
+    times = {"linear_top_k": [], "materialised + lax.top_k": []}
+    for _ in range(repeats):
+        times["linear_top_k"].append(measure.median_seconds(fused_top, (features, kernel, bias), 1))
+        times["materialised + lax.top_k"].append(measure.median_seconds(dense_top, (features, kernel, bias), 1))
+    top_k["seconds"] = {name: float(np.median(values)) for name, values in times.items()}
+    ratios["linear_top_k temp / chunk logits"] = top_k["linear_top_k"]["temp_bytes"] / top_k["chunk logits bytes"]
+    ratios["linear_top_k time / (materialised + lax.top_k)"] = (
+        top_k["seconds"]["linear_top_k"] / top_k["seconds"]["materialised + lax.top_k"]
+    )
+    print(json.dumps(ratios, indent=1), flush=True)
+    return {"shape": list(FAMILY_SHAPE), "losses": rows, "top_k": top_k, "ratios": ratios}
+
+
 def plot(rows, path):
     with measure.figure(path, 2, (11, 4), dpi=120) as (memory_axis, time_axis):
         labels = [
@@ -378,11 +474,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--update-only", action="store_true", help="rerun only the classifier-update rows")
     parser.add_argument("--label-sets-only", action="store_true", help="rerun only the real label sets' rows")
+    parser.add_argument("--family-only", action="store_true", help="rerun only the fused focal, ASL and top-k rows")
     parser.add_argument("--rows", help="comma-separated indices into SHAPES: rerun only these rows and replace "
                         "them in the existing JSON (e.g. after a run disturbed by other work)")  # fmt: skip
     args = parser.parse_args()
     backend = jax.default_backend()
     out = ROOT / "bench" / "results" / f"fused-{backend}{'-quick' if args.quick else ''}.json"
+    if args.family_only:
+        result = json.loads(out.read_text())
+        result["family"] = run_family(repeats=args.repeats)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print("wrote", out)
+        return
     if args.label_sets_only:
         result = json.loads(out.read_text())
         result["label_sets"] = run_label_sets(repeats=args.repeats)
@@ -407,6 +510,7 @@ def main():
         "rows": rows,
         "update_rows": update_rows,
         "label_sets": None if args.quick else run_label_sets(repeats=args.repeats),
+        "family": None if args.quick else run_family(repeats=args.repeats),
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))

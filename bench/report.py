@@ -285,7 +285,12 @@ def fused_section(data, backend: str) -> list[str]:
         labels = f"{row['positives_per_row']} positives" if row["positives_per_row"] else "dense"
         lines += [f"| {shape} | {labels} | {k} | {v:.3g} |" for k, v in row["ratios"].items()]
     lines += ["", f"![memory and time](assets/fused-{backend}.png)", ""]
-    return lines + _update_section(data.get("update_rows") or []) + _label_sets_section(data.get("label_sets"))
+    return (
+        lines
+        + _update_section(data.get("update_rows") or [])
+        + _label_sets_section(data.get("label_sets"))
+        + _family_section(data.get("family"))
+    )
 
 
 def _label_sets_rows(label_sets) -> list[str]:
@@ -339,6 +344,54 @@ def _label_sets_section(label_sets) -> list[str]:
         f"`jax.experimental.sparse.BCOO` ({timing['labels per example']:.2f} labels per example, 670,091 classes): "
         f"{sparse['bcoo']:.3g} s against {sparse['positives']:.3g} s with the same entries as padded `positives`, "
         f"a ratio of {ratios['bcoo gradient time / positives gradient time']:.3f}.",
+        "",
+    ]
+
+
+def _family_rows(family) -> list[str]:
+    """One row per fused loss of the sigmoid family: its gradient's temporaries against the materialised logits
+    and the materialised form's, its time against the fused BCE's, and its fused Adam step's temporaries."""
+    lines = _table_head(
+        "loss",
+        "gradient temporaries",
+        "/ materialised logits",
+        "materialised temporaries",
+        "time / fused BCE",
+        "fused update temporaries / (fused loss, then optax)",
+    )
+    ratios = family["ratios"]
+    for name, row in family["losses"].items():
+        lines.append(
+            f"| {name} | {row['gradient']['temp_bytes'] / 2**20:.1f} MiB "
+            f"| {ratios[f'{name}: gradient temp / materialised logits']:.4f} "
+            f"| {_gib(row['materialised gradient']['temp_bytes'])} | {ratios[f'{name}: time / fused bce time']:.2f} "
+            f"| {ratios[f'{name}: update temp / (fused loss, then optax) temp']:.3f} |"
+        )
+    return lines
+
+
+def _family_section(family) -> list[str]:
+    if not family:
+        return []
+    batch, dim, classes, per_row = family["shape"]
+    top_k, ratios = family["top_k"], family["ratios"]
+    shape = " x ".join(str(size) for size in top_k["shape"][:3])
+    return [
+        "### The sigmoid family fused, and the top-k without the logits",
+        "",
+        f"B = {batch}, D = {dim}, C = {classes:,}, {per_row} sparse positives per example: `jit(value_and_grad)` in "
+        "features and the head of the fused focal loss and ASL (and the BCE), against the materialised logits "
+        "(compiled memory; time, medians after a warm-up, against the fused BCE's); the donated Adam step of "
+        "`jaxbce.linear_update` against the fused loss's gradient followed by `optax.adam`.",
+        "",
+        *_family_rows(family),
+        "",
+        f"`linear_top_k` (k = {top_k['shape'][3]}) at {shape}: temporaries "
+        f"{top_k['linear_top_k']['temp_bytes'] / 2**20:.1f} MiB, "
+        f"{ratios['linear_top_k temp / chunk logits']:.2f} of one chunk's logits, against "
+        f"{_gib(top_k['materialised + lax.top_k']['temp_bytes'])} for `lax.top_k` of the materialised logits; "
+        f"time {top_k['seconds']['linear_top_k']:.3g} s against {top_k['seconds']['materialised + lax.top_k']:.3g} s "
+        f"(ratio {ratios['linear_top_k time / (materialised + lax.top_k)']:.2f}).",
         "",
     ]
 
@@ -544,6 +597,7 @@ def readme_tables(results: pathlib.Path = RESULTS) -> dict[str, list[str]]:
         "contrastive": _contrastive_readme(json.loads((results / "contrastive-cpu.json").read_text())),
         "compile": _compile_readme(json.loads((results / "compile-cpu.json").read_text())),
         "label-sets": _label_sets_rows(fused_data["label_sets"]),
+        "family": _family_rows(fused_data["family"]) if fused_data.get("family") else ["(not measured)"],
     }
 
 

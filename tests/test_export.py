@@ -70,8 +70,16 @@ def test_registered_losses_export_with_a_symbolic_batch(name, reduction):
     assert str(exported.in_avals[0].shape[0]) == "b"
 
 
+FUSED = {
+    "linear_binary_cross_entropy": (jaxbce.linear_binary_cross_entropy, {"poly_epsilon": 0.5}),
+    "linear_sigmoid_focal_loss": (jaxbce.linear_sigmoid_focal_loss, {"gamma": 1.5}),
+    "linear_asymmetric_loss": (jaxbce.linear_asymmetric_loss, {}),
+}
+
+
+@pytest.mark.parametrize("loss", list(FUSED))
 @pytest.mark.parametrize("labels", ["dense", "sparse"])
-def test_linear_binary_cross_entropy_exports_with_a_symbolic_batch(labels):
+def test_fused_losses_export_with_a_symbolic_batch(labels, loss):
     (batch,) = export.symbolic_shape("b")
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(FEATURES, CLASSES)).astype(np.float32)
@@ -80,9 +88,9 @@ def test_linear_binary_cross_entropy_exports_with_a_symbolic_batch(labels):
 
     def function(features, targets, where):
         dense = {"labels": targets, "ignore_label": -1} if labels == "dense" else {"positives": targets}
-        return jaxbce.linear_binary_cross_entropy(
-            features, kernel, **dense, bias=bias, pos_weight=pos_weight, where=where, reduction="batchmean"
-        )
+        fused, options = FUSED[loss]
+        per_class = {"alpha": pos_weight / 2} if loss == "linear_sigmoid_focal_loss" else {"pos_weight": pos_weight}
+        return fused(features, kernel, **dense, bias=bias, **per_class, where=where, reduction="batchmean", **options)
 
     target_spec = (
         jax.ShapeDtypeStruct((batch, CLASSES), jnp.float32)
