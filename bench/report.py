@@ -364,7 +364,8 @@ def _family_rows(family) -> list[str]:
         lines.append(
             f"| {name} | {row['gradient']['temp_bytes'] / 2**20:.1f} MiB "
             f"| {ratios[f'{name}: gradient temp / materialised logits']:.4f} "
-            f"| {_gib(row['materialised gradient']['temp_bytes'])} | {ratios[f'{name}: time / fused bce time']:.2f} "
+            f"| {_gib(row['materialised gradient']['temp_bytes'])} GiB "
+            f"| {ratios[f'{name}: time / fused bce time']:.2f} "
             f"| {ratios[f'{name}: update temp / (fused loss, then optax) temp']:.3f} |"
         )
     return lines
@@ -389,7 +390,7 @@ def _family_section(family) -> list[str]:
         f"`linear_top_k` (k = {top_k['shape'][3]}) at {shape}: temporaries "
         f"{top_k['linear_top_k']['temp_bytes'] / 2**20:.1f} MiB, "
         f"{ratios['linear_top_k temp / chunk logits']:.2f} of one chunk's logits, against "
-        f"{_gib(top_k['materialised + lax.top_k']['temp_bytes'])} for `lax.top_k` of the materialised logits; "
+        f"{_gib(top_k['materialised + lax.top_k']['temp_bytes'])} GiB for `lax.top_k` of the materialised logits; "
         f"time {top_k['seconds']['linear_top_k']:.3g} s against {top_k['seconds']['materialised + lax.top_k']:.3g} s "
         f"(ratio {ratios['linear_top_k time / (materialised + lax.top_k)']:.2f}).",
         "",

@@ -53,7 +53,7 @@ def test_readme_tables_are_generated_from_the_committed_results():
     finally:
         sys.path.remove(str(ROOT / "bench"))
     readme = (ROOT / "README.md").read_text()
-    assert readme.count("<!-- generated: ") == len(report.readme_tables()) == 9
+    assert readme.count("<!-- generated: ") == len(report.readme_tables()) == 10
     assert report.render_readme(readme, report.readme_tables()) == readme
 
 

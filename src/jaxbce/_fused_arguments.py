@@ -124,6 +124,44 @@ def _check_sparse_values(entries: _chunks.SparseLabels, keep: jax.Array | None, 
     check_values("labels", sums, ok | kept, "must sum to values in [0, 1] at each (example, class) of the BCOO")
 
 
+class Head(NamedTuple):
+    """The checked features, kernel and bias of a classifier head, and how its classes are laid out."""
+
+    features: jax.Array  # (..., D)
+    kernel: jax.Array  # (D, C) or (C, D)
+    bias: jax.Array | None  # (C,)
+    kernel_axis: int  # the kernel's class axis (KERNEL_CLASS_AXIS)
+    groups: int  # the layout's groups of classes (_chunks.class_groups)
+
+
+def checked_head(function: str, features, kernel, bias, chunk_size, kernel_layout) -> Head:
+    """The checks of every function of ``features @ kernel + bias`` over chunks (the fused losses, their
+    updates, :func:`jaxbce.linear_top_k`)."""
+    check_chunk_size(chunk_size)
+    if kernel_layout not in KERNEL_CLASS_AXIS:
+        raise ValueError(
+            f"{function}: kernel_layout must be 'in_out' (kernel (D, C): Flax, Haiku) or 'out_in' (kernel (C, D): "
+            f"Equinox, PyTorch), got {kernel_layout!r}"
+        )
+    kernel_axis = KERNEL_CLASS_AXIS[kernel_layout]
+    features = checked_array("features", features, Role.LOGITS)
+    kernel = checked_array("kernel", kernel, Role.LOGITS)
+    if features.ndim < 1:
+        raise ValueError("features must have shape (..., D), got a scalar")
+    if kernel_layout == "in_out":
+        check_shape("kernel", kernel, (features.shape[-1], "C"), "(features.shape[-1], C)")
+    else:
+        check_shape("kernel", kernel, ("C", features.shape[-1]), "(C, features.shape[-1]) for kernel_layout='out_in'")
+    classes = kernel.shape[kernel_axis]
+    bias = optional_array("bias", bias, Role.LOGITS)
+    check_shape("bias", bias, (classes,), "(C,)")
+    shards = shards_along(kernel, kernel_axis)
+    groups = _chunks.class_groups(
+        function, classes, chunk_size, current_hint() if shards is None else shards, devices_that_could_shard()
+    )
+    return Head(features, kernel, bias, kernel_axis, groups)
+
+
 def checked_arguments(
     function: str,
     features,
@@ -146,21 +184,8 @@ def checked_arguments(
     arrays."""
     ignore_label = check_ignore_label(ignore_label)
     check_reduction(reduction, valid=REDUCTIONS)
-    check_chunk_size(chunk_size)
-    if kernel_layout not in KERNEL_CLASS_AXIS:
-        raise ValueError(
-            f"{function}: kernel_layout must be 'in_out' (kernel (D, C): Flax, Haiku) or 'out_in' (kernel (C, D): "
-            f"Equinox, PyTorch), got {kernel_layout!r}"
-        )
-    kernel_axis = KERNEL_CLASS_AXIS[kernel_layout]
-    features = checked_array("features", features, Role.LOGITS)
-    kernel = checked_array("kernel", kernel, Role.LOGITS)
-    if features.ndim < 1:
-        raise ValueError("features must have shape (..., D), got a scalar")
-    if kernel_layout == "in_out":
-        check_shape("kernel", kernel, (features.shape[-1], "C"), "(features.shape[-1], C)")
-    else:
-        check_shape("kernel", kernel, ("C", features.shape[-1]), "(C, features.shape[-1]) for kernel_layout='out_in'")
+    head = checked_head(function, features, kernel, bias, chunk_size, kernel_layout)
+    features, kernel, bias, kernel_axis, groups = head.features, head.kernel, head.bias, head.kernel_axis, head.groups
     batch, classes = features.shape[:-1], kernel.shape[kernel_axis]
     logits_shape = (*batch, classes)
     if (labels is None) == (positives is None):
@@ -176,22 +201,16 @@ def checked_arguments(
     if ignore_label is not None and labels is not None:
         check_ignore_label_fits(function, ignore_label, labels)
     positives = optional_array("positives", positives, Role.INDICES)
-    bias = optional_array("bias", bias, Role.LOGITS)
     per_class_arg, per_class = per_class, optional_array(per_class.name, per_class.value, per_class.role)
     weight = optional_array("weight", weight, Role.NON_NEGATIVE)
     check_shape("labels", labels, logits_shape, "features.shape[:-1] + (C,)")
     check_shape("positives", positives, (*batch, "P"), "features.shape[:-1] + (P,)")
-    check_shape("bias", bias, (classes,), "(C,)")
     if per_class is not None:
         check_broadcasts(per_class_arg.name, per_class.shape, (classes,), "the classes (C,)")
     if weight is not None:
         _check_weight(weight, batch, classes)
     keep = None if where is None else as_mask(where, batch, "features.shape[:-1]")
     out_dtype = jnp.result_type(features.dtype, kernel.dtype)
-    shards = shards_along(kernel, kernel_axis)
-    groups = _chunks.class_groups(
-        function, classes, chunk_size, current_hint() if shards is None else shards, devices_that_could_shard()
-    )
 
     if value_checks_enabled():
         example_keep = None if keep is None else keep[..., None]

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbce import _chunks
-from jaxbce._arguments import Role, as_mask, check_chunk_size, check_shape, checked_array, compute_dtype
-from jaxbce._fused_arguments import KERNEL_CLASS_AXIS, concrete_class_shards
-from jaxbce._jit import current_hint, jit_loss
-from jaxbce._sharding import devices_that_could_shard, explicit_spec, shards_along, with_auto_axes
+from jaxbce._arguments import Role, as_mask, check_shape, checked_array, compute_dtype
+from jaxbce._fused_arguments import checked_head, concrete_class_shards
+from jaxbce._jit import jit_loss
+from jaxbce._sharding import explicit_spec, with_auto_axes
 
 
 @jit_loss(static=("k", "chunk_size", "precision", "kernel_layout"), hint=concrete_class_shards)
@@ -70,30 +70,16 @@ def linear_top_k(
       Array([[0, 2],
              [0, 1]], dtype=int32)
     """
-    if kernel_layout not in KERNEL_CLASS_AXIS:
-        raise ValueError(f"linear_top_k(): kernel_layout must be 'in_out' or 'out_in', got {kernel_layout!r}")
-    check_chunk_size(chunk_size)
-    kernel_axis = KERNEL_CLASS_AXIS[kernel_layout]
-    features = checked_array("features", features, Role.LOGITS)
-    kernel = checked_array("kernel", kernel, Role.LOGITS)
-    if features.ndim < 1:
-        raise ValueError("features must have shape (..., D), got a scalar")
-    expected = (features.shape[-1], "C") if kernel_layout == "in_out" else ("C", features.shape[-1])
-    check_shape("kernel", kernel, expected, "(features.shape[-1], C), or (C, D) for kernel_layout='out_in'")
+    head = checked_head("linear_top_k()", features, kernel, bias, chunk_size, kernel_layout)
+    features, kernel, bias, kernel_axis = head.features, head.kernel, head.bias, head.kernel_axis
     classes = kernel.shape[kernel_axis]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
         raise ValueError(f"linear_top_k(): k must be an int in [1, C] = [1, {classes}], got {k!r}")
-    bias = None if bias is None else checked_array("bias", bias, Role.LOGITS)
-    check_shape("bias", bias, (classes,), "(C,)")
     out_dtype = jnp.result_type(features.dtype, kernel.dtype)
     dtype = compute_dtype(out_dtype)
-    shards = shards_along(kernel, kernel_axis)
-    groups = _chunks.class_groups(
-        "linear_top_k()", classes, chunk_size, current_hint() if shards is None else shards, devices_that_could_shard()
-    )
     batch = features.shape[:-1]
     rows = math.prod(batch)
-    layout = _chunks.choose_layout(classes, rows, chunk_size, groups)
+    layout = _chunks.choose_layout(classes, rows, chunk_size, head.groups)
     config = _chunks.Config(layout, None, None, precision, dtype, kernel_axis)
     flat_features = features.reshape(rows, features.shape[-1]).astype(dtype)
     laid_out = _chunks.by_chunk(kernel, layout, axis=kernel_axis)
