@@ -48,7 +48,7 @@ OLDEST_JAX := 0.7.0
 OLDEST_TESTS := tests/test_losses.py tests/test_elementwise.py tests/test_pipeline.py tests/test_arguments.py \
 	tests/test_errors.py tests/test_checks.py tests/test_multilabel.py tests/test_linear.py tests/test_contrastive.py \
 	tests/test_transformations.py tests/test_sharding.py tests/test_export.py tests/test_update.py \
-	tests/test_label_sets.py src
+	tests/test_label_sets.py tests/test_fused_family.py tests/test_predictions.py tests/test_fast.py src
 test-oldest-jax:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install --quiet --upgrade pip
