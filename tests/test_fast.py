@@ -53,14 +53,6 @@ def _elementwise(name):
     return function, arguments, expected, 2e-5
 
 
-def _linear():
-    function = functools.partial(jaxbce.linear_binary_cross_entropy, chunk_size=16)
-    logits = FEATURES.astype(np.float64) @ KERNEL + BIAS
-    loss, d_logits = _float64("binary_cross_entropy_with_logits", logits, LABELS.astype(np.float64))
-    arguments = (FEATURES, KERNEL, LABELS)
-    return lambda f, k, y: function(f, k, y, bias=BIAS), arguments, (loss, d_logits @ KERNEL.T), 2e-5
-
-
 def _linear_family(name, elementwise_name, **options):
     def make():
         function = functools.partial(getattr(jaxbce, name), chunk_size=16, **options)
@@ -113,7 +105,7 @@ def test_elementwise_loss(name):
 
 
 FUSED = {
-    "linear_binary_cross_entropy": _linear,
+    "linear_binary_cross_entropy": _linear_family("linear_binary_cross_entropy", "binary_cross_entropy_with_logits"),
     "linear_sigmoid_focal_loss": _linear_family(
         "linear_sigmoid_focal_loss", "sigmoid_focal_loss", alpha=0.25, gamma=2.0
     ),

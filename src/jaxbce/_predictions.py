@@ -158,7 +158,7 @@ def precision_at_k(
       >>> jaxbce.precision_at_k(top, positives=jnp.array([[1, 3], [0, -1]]), k=3)
       Array([0.6666667 , 0.33333334], dtype=float32)
     """
-    relevance, k = _relevance("precision_at_k()", indices, labels, positives, k, propensities, where)
+    relevance = _relevance("precision_at_k()", indices, labels, positives, k, propensities, where)
     return jnp.sum(relevance, axis=-1) / k
 
 
@@ -195,7 +195,7 @@ def ndcg_at_k(
       >>> jaxbce.ndcg_at_k(top, positives=jnp.array([[1, 3], [0, -1]]), k=3)
       Array([1.        , 0.63092977], dtype=float32)
     """
-    relevance, k = _relevance("ndcg_at_k()", indices, labels, positives, k, propensities, where)
+    relevance = _relevance("ndcg_at_k()", indices, labels, positives, k, propensities, where)
     discounts = 1 / jnp.log2(jnp.arange(2, k + 2, dtype=relevance.dtype))
     count = _label_count(labels, positives, relevance.shape[:-1])
     ideal = jnp.cumsum(discounts)[jnp.clip(count, 1, k) - 1]
@@ -231,7 +231,7 @@ def _relevance(function, indices, labels, positives, k, propensities, where):
         relevance = jnp.where(hit, 1 / propensities[jnp.clip(top, 0, propensities.shape[-1] - 1)], 0).astype(dtype)
     if where is not None:
         relevance = jnp.where(as_mask(where, batch, "indices.shape[:-1]")[..., None], relevance, 0)
-    return relevance, k
+    return relevance
 
 
 def _label_count(labels, positives, batch) -> jax.Array:
